@@ -1,1 +1,19 @@
-"""brickwork: registry."""
+"""brickwork: registry — the versioned, content-addressed store of bricks (see registry.registry)."""
+
+from .catalog import TagEvent, VersionInfo
+from .refs import BrickRef, Version, parse_ref, parse_version
+from .registry import Registry, VerifyProblem, default_registry_path
+from .store import CorruptBlobError
+
+__all__ = [
+    "BrickRef",
+    "CorruptBlobError",
+    "Registry",
+    "TagEvent",
+    "VerifyProblem",
+    "Version",
+    "VersionInfo",
+    "default_registry_path",
+    "parse_ref",
+    "parse_version",
+]
