@@ -1,0 +1,728 @@
+"""Manifests: the YAML file that declares what a server runs.
+
+A manifest names a host model, the bricks to serve on it, how requests are routed to bricks, and the
+engine and HTTP settings. It is a tree of pydantic models that forbid unknown keys, so a typo such as
+``gian:`` is an error rather than a silently ignored setting. Every mistake is collected into one
+`ManifestError` that points at the YAML line, so a user fixes a manifest in one pass:
+
+    manifests/fr.yaml:9: bricks[1].gian: unknown key 'gian'; did you mean 'gain'? ...
+    manifests/fr.yaml:14: routing.policy: 'dynamic' is not allowed; use one of: explicit, static, retrieval
+
+`parse_manifest` checks the file on its own; `load_manifest` also resolves every brick ref in the
+registry and checks the bricks against the host and the engine, before anything is loaded.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import reprlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Protocol, Union, get_args, get_origin
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    FiniteFloat,
+    PrivateAttr,
+    TypeAdapter,
+    ValidationError,
+    model_validator,
+)
+from pydantic_core import InitErrorDetails, PydanticCustomError
+
+from bricks.errors import BrickError, InvalidInputError, NotFoundError
+
+if TYPE_CHECKING:
+    from bricks.format import Brick, BrickMeta, HostRef
+
+# The same names as bricks.format.NAME_RE (not imported from there: that module pulls in torch).
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+_NUM = "[0-9]+"
+SELECTOR_RE = re.compile(
+    rf"^(?:latest|[a-z][a-z0-9._-]*|\^?{_NUM}(?:\.{_NUM}(?:\.{_NUM})?)?|~{_NUM}\.{_NUM}(?:\.{_NUM})?)$"
+)
+REF_FORMS = "name, name@1.2.0, name@^1.0, name@~1.2, name@1, name@tag or name@latest"
+ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+CHECK_ERROR = "manifest_check"  # pydantic error type of the cross-field checks below
+
+Loc = tuple[str | int, ...]
+Issue = tuple[Loc, str]  # (where in the manifest, what is wrong and how to fix it)
+
+
+# --- errors ------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Problem:
+    path: str  # YAML path such as "bricks[1].gain"; "" for the file as a whole
+    line: int | None  # 1-based line in the file
+    message: str
+
+    def render(self, source: str) -> str:
+        where = source if self.line is None else f"{source}:{self.line}"
+        return f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
+
+
+class ManifestError(InvalidInputError):
+    """Everything wrong with one manifest; `str()` lists one problem per line, in file order."""
+
+    def __init__(self, problems: list[Problem], source: str = "<manifest>"):
+        self.problems = sorted(problems, key=lambda p: (p.line is None, p.line or 0))
+        self.source = source
+        super().__init__("\n".join(p.render(source) for p in self.problems))
+
+
+# --- field checks (ValueError: pydantic collects them all) ---------------------------------------------
+def _check_name(value: str) -> str:
+    if not NAME_RE.match(value):
+        raise ValueError(
+            f"{value!r} is not a valid name: use 1-64 lowercase letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit"
+        )
+    return value
+
+
+def check_ref(ref: str) -> str:
+    """Check a brick ref's syntax (the registry resolves it later); raise ValueError saying what is wrong."""
+    name, at, selector = ref.partition("@")
+    if not NAME_RE.match(name):
+        raise ValueError(
+            f"{ref!r} is not a brick ref: {name!r} is not a brick name (1-64 lowercase letters, digits, "
+            f"'.', '_' or '-'); refs look like {REF_FORMS}"
+        )
+    if at and not SELECTOR_RE.match(selector):
+        after = repr(selector) if selector else "nothing"
+        raise ValueError(
+            f"{ref!r} is not a brick ref: {after} after '@' is not a version, range or tag; refs look like {REF_FORMS}"
+        )
+    return ref
+
+
+def ref_name(ref: str) -> str:
+    return ref.partition("@")[0]
+
+
+def _check_alias(alias: str) -> str:
+    if "@" in alias or alias.startswith(("^", "~")):
+        raise ValueError(f"alias {alias!r} looks like a brick ref; an alias is a short plain name such as 'fr' "
+                         "(the ref goes in `ref:`)")
+    return _check_name(alias)
+
+
+def _check_host_spec(spec: str) -> str:
+    if not spec.strip() or spec != spec.strip():
+        raise ValueError(f"host spec {spec!r} is empty or has spaces around it")
+    if not _is_path(spec) and not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]*$", spec):
+        raise ValueError(f"{spec!r} is not a built-in host name; write a local model folder as a path ('./{spec}')")
+    return spec
+
+
+def _is_path(spec: str) -> bool:
+    return "/" in spec or os.sep in spec or spec.startswith((".", "~"))
+
+
+def _check_env_name(name: str) -> str:
+    if not ENV_NAME_RE.match(name):
+        raise ValueError(f"{name!r} is not an environment variable name; api_key_env names the variable that "
+                         "holds the key (e.g. BRICKWORK_API_KEY), never the key itself")
+    return name
+
+
+def _none_as(empty: Any) -> BeforeValidator:
+    """An empty YAML section (`bricks:` with everything commented out) reads as null: treat it as empty."""
+    return BeforeValidator(lambda value: type(empty)() if value is None else value)
+
+
+ManifestName = Annotated[str, AfterValidator(_check_name)]
+BrickRef = Annotated[str, AfterValidator(check_ref)]
+Alias = Annotated[str, AfterValidator(_check_alias)]
+
+
+# --- the schema ----------------------------------------------------------------------------------------
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class HostSpec(_Section):
+    spec: Annotated[str, AfterValidator(_check_host_spec)] = Field(
+        description="built-in host name (smollm2-135m-instruct) or a path to a local Hugging Face model folder; "
+        "a relative path starts at the manifest's folder")
+    growth_slots: int = Field(0, ge=0, le=4096, description="zero FFN neurons reserved per layer for growth bricks "
+                              "(an exact no-op until a growth brick uses them)")
+
+    @property
+    def is_path(self) -> bool:
+        return _is_path(self.spec)
+
+
+class BrickEntry(_Section):
+    ref: BrickRef = Field(description=f"registry ref: {REF_FORMS}")
+    gain: FiniteFloat | None = Field(None, description="gain on the brick's neurons; default: the brick's own")
+    offset_scale: FiniteFloat = Field(1.0, description="k, scales the brick's stored offset (steering strength)")
+    routable: bool = Field(True, description="true: the retrieval policy may choose it per request; "
+                           "false: never chosen by retrieval, always on")
+    alias: Alias | None = Field(None, description="short unique name usable in requests and assemblies")
+
+
+class RoutingConfig(_Section):
+    policy: Literal["explicit", "static", "retrieval"] = Field(
+        "static", description="explicit: the bricks a request names (or its assembly); static: the manifest's "
+        "bricks on every request; retrieval: the top_k routable bricks closest to the request, plus the rest")
+    top_k: int = Field(2, ge=1, le=64, description="retrieval: most routable bricks chosen per request")
+    threshold: FiniteFloat = Field(0.3, ge=-1, le=1, description="retrieval: least cosine similarity to choose a brick")
+    embedder: Literal["minilm", "host"] = Field("minilm", description="retrieval: what embeds requests")
+    allow_request_bricks: bool = Field(True, description="whether requests may name bricks explicitly")
+
+
+class EngineConfig(_Section):
+    kind: Literal["vllm", "transformers"] = Field("vllm", description="vllm, or the transformers reference engine")
+    neuron_path: Literal["gain_table", "lora"] = Field(
+        "gain_table", description="how neuron bricks are served: the per-token gain table, or compiled to LoRA "
+        "(no offsets)")
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    max_assemblies: int = Field(64, ge=2, le=4096, description="gain-table rows, row 0 being the plain host")
+    max_loras: int = Field(4, ge=1, le=256, description="LoRA adapters in one batch")
+    max_lora_rank: Literal[LORA_RANKS] = Field(16, description="rank of one served adapter; a larger summed rank is "
+                                               "SVD-truncated")
+    max_lora_error: FiniteFloat = Field(0.05, gt=0, le=1, description="refuse an SVD-truncated adapter whose "
+                                        "relative Frobenius error is above this")
+    gpu_memory_utilization: FiniteFloat = Field(0.3, gt=0, le=1, description="share of accelerator memory vLLM takes")
+    max_model_len: int = Field(2048, ge=16, description="prompt plus generated tokens, per request")
+    enforce_eager: bool = Field(False, description="turn off CUDA graphs / torch.compile")
+    enable_prefix_caching: bool = Field(True, description="vLLM prefix cache, kept apart per assembly")
+
+
+class ServerConfig(_Section):
+    host: str = Field("127.0.0.1", min_length=1, description="address to listen on")
+    port: int = Field(8000, ge=1, le=65535)
+    api_key_env: Annotated[str, AfterValidator(_check_env_name)] | None = Field(
+        None, description="name of the environment variable holding the API key; null: no auth")
+    max_tokens: int = Field(512, ge=1, description="most tokens generated per request")
+    max_prompt_tokens: int = Field(1536, ge=1, description="longest prompt accepted, in tokens")
+
+    def api_key(self) -> str | None:
+        """The API key from the environment, or None when the server runs without auth."""
+        if self.api_key_env is None:
+            return None
+        key = os.environ.get(self.api_key_env, "")
+        if not key:
+            raise InvalidInputError(f"server.api_key_env names {self.api_key_env}, but that environment variable "
+                                    "is not set", f"export {self.api_key_env}=<key>, or set api_key_env: null")
+        return key
+
+
+class Manifest(_Section):
+    name: ManifestName = Field(description="served model name; lowercase letters, digits, '.', '_', '-'")
+    description: str | None = None
+    host: HostSpec
+    bricks: Annotated[list[BrickEntry], _none_as([])] = Field(default_factory=list)
+    assemblies: Annotated[dict[ManifestName, list[str]], _none_as({})] = Field(
+        default_factory=dict, description="named assemblies, served as extra model names: aliases or refs of bricks")
+    routing: Annotated[RoutingConfig, _none_as({})] = Field(default_factory=RoutingConfig)
+    engine: Annotated[EngineConfig, _none_as({})] = Field(default_factory=EngineConfig)
+    server: Annotated[ServerConfig, _none_as({})] = Field(default_factory=ServerConfig)
+
+    _resolved: dict[str, Any] = PrivateAttr(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> Manifest:
+        issues = cross_field_issues({name: getattr(self, name) for name in type(self).model_fields})
+        if issues:
+            # pydantic re-raises a ValidationError raised here with each issue at its own location
+            raise ValidationError.from_exception_data(type(self).__name__, [_line_error(*i) for i in issues])
+        return self
+
+    @property
+    def resolved(self) -> dict[str, Any]:
+        """{ref: the registry's resolved version}, filled by `load_manifest(..., registry=...)`."""
+        return self._resolved
+
+    def entry_for(self, key: str) -> BrickEntry | None:
+        """The brick entry with this alias or ref."""
+        return next((b for b in self.bricks if key in (b.alias, b.ref)), None)
+
+    def assembly(self, name: str) -> list[BrickEntry]:
+        if name not in self.assemblies:
+            raise NotFoundError(f"manifest {self.name!r} has no assembly {name!r}",
+                                f"use one of: {', '.join(self.assemblies) or '(none defined)'}")
+        return [self.entry_for(key) for key in self.assemblies[name]]
+
+
+def _line_error(loc: Loc, message: str) -> InitErrorDetails:
+    return InitErrorDetails(type=PydanticCustomError(CHECK_ERROR, "{message}", {"message": message}),
+                            loc=loc, input=None)
+
+
+def manifest_json_schema() -> dict[str, Any]:
+    """JSON Schema of a manifest (for editors and docs)."""
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **Manifest.model_json_schema()}
+
+
+# --- cross-field checks ------------------------------------------------------------------------------------
+# Each takes the manifest's sections ({field: value}, None where the section itself is invalid), so they also
+# run beside other errors and a user sees every problem at once.
+def cross_field_issues(parts: dict[str, Any]) -> list[Issue]:
+    checks = (_duplicate_ref_issues, _alias_issues, _assembly_issues, _routing_issues, _token_budget_issues)
+    return [issue for check in checks for issue in check(parts)]
+
+
+def _duplicate_ref_issues(parts: dict[str, Any]) -> list[Issue]:
+    first: dict[str, int] = {}
+    issues = []
+    for i, entry in enumerate(parts.get("bricks") or []):
+        if entry.ref in first:
+            issues.append(((("bricks", i, "ref")), f"{entry.ref!r} is already listed as bricks[{first[entry.ref]}]; "
+                           "list each brick once"))
+        first.setdefault(entry.ref, i)
+    return issues
+
+
+def _alias_issues(parts: dict[str, Any]) -> list[Issue]:
+    bricks = parts.get("bricks") or []
+    first: dict[str, int] = {}
+    issues = []
+    for i, entry in enumerate(bricks):
+        if entry.alias is None:
+            continue
+        if entry.alias in first:
+            issues.append((("bricks", i, "alias"), f"alias {entry.alias!r} is already used by "
+                           f"bricks[{first[entry.alias]}]; aliases must be unique"))
+        first.setdefault(entry.alias, i)
+        other = next((j for j, b in enumerate(bricks) if j != i and ref_name(b.ref) == entry.alias), None)
+        if other is not None:
+            issues.append((("bricks", i, "alias"), f"alias {entry.alias!r} is also the name of bricks[{other}] "
+                           f"({bricks[other].ref!r}), so a request naming it would be ambiguous; choose another"))
+    return issues
+
+
+def _assembly_issues(parts: dict[str, Any]) -> list[Issue]:
+    bricks, assemblies = parts.get("bricks"), parts.get("assemblies")
+    if bricks is None or assemblies is None:
+        return []
+    issues = []
+    for name, members in assemblies.items():
+        if name == parts.get("name"):
+            issues.append((("assemblies", name), f"assembly {name!r} has the manifest's own name; both are served "
+                           "as model names, so rename the assembly"))
+        issues += _member_issues(name, members, bricks)
+    return issues
+
+
+def _member_issues(assembly: str, members: list[str], bricks: list[BrickEntry]) -> list[Issue]:
+    keys = list(dict.fromkeys(key for b in bricks for key in (b.alias, b.ref) if key))
+    seen: dict[int, str] = {}
+    issues = []
+    for j, key in enumerate(members):
+        index = next((i for i, b in enumerate(bricks) if key in (b.alias, b.ref)), None)
+        loc = ("assemblies", assembly, j)
+        if index is None:
+            known = f"one of: {', '.join(keys)}" if keys else "none: `bricks` is empty"
+            issues.append((loc, f"{key!r} is not a brick of this manifest; an assembly lists aliases or refs "
+                           f"from `bricks` ({known}){_did_you_mean(key, keys)}"))
+        elif index in seen:
+            issues.append((loc, f"{key!r} is bricks[{index}], already in this assembly as {seen[index]!r}"))
+        seen.setdefault(index, key)
+    return issues
+
+
+def _routing_issues(parts: dict[str, Any]) -> list[Issue]:
+    routing, bricks = parts.get("routing"), parts.get("bricks")
+    if routing is None or bricks is None:
+        return []
+    if routing.policy == "retrieval" and not any(b.routable for b in bricks):
+        return [(("routing", "policy"), "policy 'retrieval' chooses among bricks with routable: true and there "
+                 "are none; add bricks (routable is true by default) or use policy: static")]
+    if routing.policy == "explicit" and bricks and not routing.allow_request_bricks and parts.get("assemblies") == {}:
+        return [(("routing", "allow_request_bricks"), "with policy 'explicit', no assemblies and "
+                 "allow_request_bricks: false, no request can ever use a brick; allow request bricks, add "
+                 "assemblies, or use policy: static")]
+    return []
+
+
+def _token_budget_issues(parts: dict[str, Any]) -> list[Issue]:
+    engine, server = parts.get("engine"), parts.get("server")
+    if engine is None or server is None:
+        return []
+    total = server.max_prompt_tokens + server.max_tokens
+    if total <= engine.max_model_len:
+        return []
+    room = engine.max_model_len - server.max_tokens
+    fix = f"lower max_prompt_tokens to {room}" if room >= 1 else "lower max_tokens"
+    return [(("server", "max_prompt_tokens"), f"max_prompt_tokens ({server.max_prompt_tokens}) + max_tokens "
+             f"({server.max_tokens}) = {total} is more than engine.max_model_len ({engine.max_model_len}), so a "
+             f"long prompt could not be answered in full; {fix}, or raise engine.max_model_len to {total}")]
+
+
+def _valid_parts(data: dict[str, Any]) -> dict[str, Any]:
+    """Each top-level section validated on its own: None where it is invalid (or required and missing)."""
+    parts: dict[str, Any] = {}
+    for name, field in Manifest.model_fields.items():
+        if name not in data:
+            parts[name] = None if field.is_required() else field.get_default(call_default_factory=True)
+            continue
+        try:
+            parts[name] = TypeAdapter(Annotated[field.annotation, field]).validate_python(data[name])
+        except ValidationError:
+            parts[name] = None
+    return parts
+
+
+# --- parsing ---------------------------------------------------------------------------------------------------
+def parse_manifest(text: str, source: str = "<manifest>") -> Manifest:
+    """Validate a manifest's text; every problem (with its line) is raised together in one ManifestError."""
+    return _parse(text, source)[0]
+
+
+def _parse(text: str, source: str) -> tuple[Manifest, yaml.Node]:
+    root, data = _load_yaml(text, source)
+    problems = _duplicate_key_problems(root, (), set())
+    try:
+        manifest = Manifest.model_validate(data)
+    except ValidationError as err:
+        raise ManifestError(problems + _validation_problems(err, data, root), source) from None
+    if problems:
+        raise ManifestError(problems, source)
+    return manifest, root
+
+
+def _load_yaml(text: str, source: str) -> tuple[yaml.Node, dict[str, Any]]:
+    loader = yaml.SafeLoader(text)
+    try:
+        root = loader.get_single_node()
+        data = None if root is None else loader.construct_document(root)
+    except yaml.YAMLError as err:
+        raise ManifestError([_yaml_problem(err)], source) from None
+    finally:
+        loader.dispose()
+    if root is None:
+        raise ManifestError([Problem("", None, "the file is empty; a manifest needs at least `name:` and "
+                                     "`host:` (see manifests/smollm2-plain.yaml)")], source)
+    if not isinstance(data, dict):
+        raise ManifestError([Problem("", root.start_mark.line + 1, f"the top level is {_kind(data)}, but a "
+                                     "manifest is a mapping of keys such as `name:` and `host:`")], source)
+    return root, data
+
+
+def _yaml_problem(err: yaml.YAMLError) -> Problem:
+    mark = getattr(err, "problem_mark", None)
+    what = getattr(err, "problem", None) or str(err)
+    context = getattr(err, "context", None)
+    message = f"YAML syntax error: {what}" + (f" ({context})" if context else "")
+    if "\\t" in what or "\t" in what:
+        message += "; indent with spaces, not tabs"
+    else:
+        message += "; check the indentation and quote values that contain ': ' or start with a special character"
+    return Problem("", mark.line + 1 if mark else None, message)
+
+
+def _duplicate_key_problems(node: yaml.Node, loc: Loc, visited: set[int]) -> list[Problem]:
+    """PyYAML silently keeps the last of two equal keys; a manifest with one is almost surely a mistake."""
+    if id(node) in visited:  # anchors and aliases share nodes, and may even form cycles
+        return []
+    visited.add(id(node))
+    if isinstance(node, yaml.SequenceNode):
+        return [p for i, item in enumerate(node.value) for p in _duplicate_key_problems(item, (*loc, i), visited)]
+    if not isinstance(node, yaml.MappingNode):
+        return []
+    problems, lines = [], {}
+    for key, value in node.value:
+        name = key.value if isinstance(key, yaml.ScalarNode) else None
+        if name in lines and name != "<<":
+            problems.append(Problem(_path((*loc, name)), key.start_mark.line + 1, f"{name!r} appears twice (first "
+                                    f"on line {lines[name]}); YAML would keep only the last one, so remove one"))
+        lines.setdefault(name, key.start_mark.line + 1)
+        problems += _duplicate_key_problems(value, (*loc, name), visited)
+    return problems
+
+
+def _validation_problems(err: ValidationError, data: dict[str, Any], root: yaml.Node) -> list[Problem]:
+    errors = [(tuple(e["loc"]), _friendly(e)) for e in err.errors()]
+    if not any(e["type"] == CHECK_ERROR for e in err.errors()):  # the cross checks did not run: run them here
+        errors += cross_field_issues(_valid_parts(data))
+    return [_problem(loc, message, root) for loc, message in errors]
+
+
+def _problem(loc: Loc, message: str, root: yaml.Node | None) -> Problem:
+    return Problem(_path(loc), _line(root, loc), message)
+
+
+def _path(loc: Loc) -> str:
+    path = ""
+    for part in loc:
+        if part == "[key]":
+            continue
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    return path
+
+
+def _line(root: yaml.Node | None, loc: Loc) -> int | None:
+    """Line of the deepest part of `loc` present in the file (the key's line for a mapping entry)."""
+    if root is None:
+        return None
+    line, node = root.start_mark.line + 1, root
+    for part in loc:
+        step = _child(node, part)
+        if step is None:
+            break
+        line, node = step
+    return line
+
+
+def _child(node: yaml.Node, part: str | int) -> tuple[int, yaml.Node] | None:
+    if isinstance(node, yaml.MappingNode):
+        for key, value in reversed(node.value):  # the last of equal keys is the one that counts
+            if isinstance(key, yaml.ScalarNode) and key.value == str(part):
+                return key.start_mark.line + 1, value
+    if isinstance(node, yaml.SequenceNode) and isinstance(part, int) and 0 <= part < len(node.value):
+        return node.value[part].start_mark.line + 1, node.value[part]
+    return None
+
+
+# --- friendly messages ---------------------------------------------------------------------------------------------
+_EXPECTED = {
+    "int": "a whole number", "float": "a number", "bool": "true or false", "string": "text",
+    "list": "a list (one '- item' per line)", "dict": "a mapping (indented 'key: value' lines)",
+    "model": "a mapping (indented 'key: value' lines)",
+}
+_BOUNDS = {"greater_than": ("gt", "greater than"), "greater_than_equal": ("ge", "at least"),
+           "less_than": ("lt", "less than"), "less_than_equal": ("le", "at most")}
+
+
+def _friendly(err: dict[str, Any]) -> str:
+    """Rewrite a pydantic error into what is wrong and how to fix it."""
+    kind, loc = err["type"], tuple(err["loc"])
+    rewrite = {"extra_forbidden": _unknown_key_message, "missing": _missing_message,
+               "literal_error": _literal_message, "invalid_key": _key_message}.get(kind)
+    if rewrite is not None:
+        return rewrite(loc, err)
+    if kind in _BOUNDS:
+        key, words = _BOUNDS[kind]
+        return f"must be {words} {err['ctx'][key]}, got {_show(err['input'])}"
+    if kind == "finite_number":
+        return f"must be a finite number, got {_show(err['input'])}"
+    if kind.split("_")[0] in _EXPECTED and kind.endswith(("_type", "_parsing", "_from_float")):
+        return _type_message(kind, err["input"])
+    return err["msg"].removeprefix("Value error, ")
+
+
+def _type_message(kind: str, value: Any) -> str:
+    if value is None:
+        return "has no value (an empty `key:` reads as null); write a value or remove the key"
+    shown = _show(value) if isinstance(value, str) else f"{_show(value)} ({_kind(value)})"
+    message = f"expected {_EXPECTED[kind.split('_')[0]]}, got {shown}"
+    if kind.startswith("string") and isinstance(value, (bool, int, float)):
+        message += "; put it in quotes (YAML reads yes/no/on/off/true/false and numbers as non-text)"
+    return message
+
+
+def _unknown_key_message(loc: Loc, err: dict[str, Any]) -> str:
+    key, model = str(loc[-1]), _model_at(loc[:-1])
+    fields = list(model.model_fields) if model is not None else []
+    allowed = f" (known keys here: {', '.join(fields)})" if fields else ""
+    return f"unknown key {key!r}{_did_you_mean(key, fields)}{allowed}"
+
+
+def _missing_message(loc: Loc, err: dict[str, Any]) -> str:
+    model = _model_at(loc[:-1])
+    field = model.model_fields.get(str(loc[-1])) if model is not None else None
+    about = f": {field.description}" if field is not None and field.description else ""
+    return f"required key {loc[-1]!r} is missing{about}"
+
+
+def _literal_message(loc: Loc, err: dict[str, Any]) -> str:
+    allowed = _literal_values(loc)
+    if not allowed:
+        return f"{_show(err['input'])} is not allowed; expected {err['ctx']['expected']}"
+    words = [str(v) for v in allowed]
+    return (f"{_show(err['input'])} is not allowed; use one of: {', '.join(words)}"
+            f"{_did_you_mean(str(err['input']), words)}")
+
+
+def _key_message(loc: Loc, err: dict[str, Any]) -> str:
+    return f"key {_show(err['input'])} is not text; put it in quotes"
+
+
+def _did_you_mean(word: str, options: list[str]) -> str:
+    match = difflib.get_close_matches(word.lower(), options, n=1, cutoff=0.6)
+    return f"; did you mean {match[0]!r}?" if match else ""
+
+
+def _show(value: Any) -> str:
+    return reprlib.repr(value)  # bounded: YAML aliases can make a small file an enormous structure
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    kinds = {str: "text", list: "a list", dict: "a mapping", type(None): "empty"}
+    return kinds.get(type(value), type(value).__name__)
+
+
+def _annotation_at(loc: Loc) -> Any:
+    """The schema type at `loc` in a manifest, or None when `loc` leaves the schema."""
+    current: Any = Manifest
+    for part in loc:
+        current = _unwrap(current)
+        if isinstance(current, type) and issubclass(current, BaseModel):
+            field = current.model_fields.get(str(part))
+            current = field.annotation if field is not None else None
+        elif get_origin(current) in (list, dict):
+            current = get_args(current)[0 if part == "[key]" or get_origin(current) is list else 1]
+        else:
+            return None
+    return current
+
+
+def _unwrap(annotation: Any) -> Any:
+    """Strip Annotated[...] and Optional[...]."""
+    while get_origin(annotation) is Annotated or (get_origin(annotation) in (Union, type(int | None))
+                                                  and type(None) in get_args(annotation)):
+        args = [a for a in get_args(annotation) if a is not type(None)]
+        annotation = args[0]
+    return annotation
+
+
+def _model_at(loc: Loc) -> type[BaseModel] | None:
+    model = _unwrap(_annotation_at(loc))
+    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
+
+
+def _literal_values(loc: Loc) -> tuple[Any, ...]:
+    annotation = _unwrap(_annotation_at(loc))
+    return get_args(annotation) if get_origin(annotation) is Literal else ()
+
+
+# --- loading with the registry ------------------------------------------------------------------------------
+class BrickVersion(Protocol):
+    """What `registry.resolve(ref)` returns."""
+
+    name: str
+    version: Any
+    digest: str
+    kind: str
+    host_fingerprint: str
+    meta: BrickMeta
+
+
+class BrickSource(Protocol):
+    """The part of the registry a manifest needs."""
+
+    def resolve(self, ref: str) -> BrickVersion: ...
+
+    def get(self, ref: str) -> Brick: ...
+
+
+def load_manifest(path: str | os.PathLike, registry: BrickSource | None = None, host: HostRef | None = None,
+                  ) -> Manifest:
+    """Read and validate a manifest file; with a registry, resolve and check every brick it names.
+
+    A relative host path is made absolute (it starts at the manifest's folder). With `registry`, each
+    ref's resolved version lands in `manifest.resolved[ref]`. All problems come in one ManifestError.
+    """
+    path = Path(path)
+    text = _read_text(path)
+    manifest, root = _parse(text, str(path))
+    issues = _host_path_issues(manifest, path.parent)
+    if registry is not None:
+        issues += _registry_issues(manifest, registry, host)
+    if issues:
+        raise ManifestError([_problem(loc, message, root) for loc, message in issues], str(path))
+    return manifest
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        message = "manifest file does not exist; check the path (examples are in manifests/)"
+    except IsADirectoryError:
+        message = "is a folder, not a manifest file"
+    except UnicodeDecodeError:
+        message = "is not UTF-8 text; a manifest is a YAML file"
+    except OSError as err:
+        message = f"cannot be read ({err.strerror})"
+    raise ManifestError([Problem("", None, message)], str(path))
+
+
+def _host_path_issues(manifest: Manifest, base: Path) -> list[Issue]:
+    if not manifest.host.is_path:
+        return []
+    folder = (base / Path(manifest.host.spec).expanduser()).resolve()
+    if not (folder / "config.json").is_file():
+        what = "has no config.json, so it is not a Hugging Face model folder" if folder.is_dir() else "does not exist"
+        return [(("host", "spec"), f"host folder {folder} {what}; give a model folder (relative paths start at "
+                 "the manifest's folder) or a built-in name such as smollm2-135m-instruct")]
+    manifest.host.spec = str(folder)
+    return []
+
+
+def _registry_issues(manifest: Manifest, registry: BrickSource, host: HostRef | None) -> list[Issue]:
+    issues: list[Issue] = []
+    seen: dict[tuple[str, str], int] = {}
+    for i, entry in enumerate(manifest.bricks):
+        try:
+            info = registry.resolve(entry.ref)
+            manifest.resolved[entry.ref] = info
+            issues += _brick_issues(i, entry, info, manifest, registry, host)
+        except BrickError as err:
+            issues.append((("bricks", i, "ref"), _error_text(err)))
+            continue
+        key = (info.name, str(info.version))
+        if key in seen:
+            issues.append((("bricks", i, "ref"), f"{entry.ref!r} resolves to {info.name} {info.version}, the same "
+                           f"version as bricks[{seen[key]}]; list each brick once"))
+        seen.setdefault(key, i)
+    return issues
+
+
+def _error_text(err: BrickError) -> str:
+    return f"{err.problem}; {err.fix}" if err.fix else err.problem
+
+
+def _brick_issues(i: int, entry: BrickEntry, info: BrickVersion, manifest: Manifest, registry: BrickSource,
+                  host: HostRef | None) -> list[Issue]:
+    issues = _host_issues(i, info, host)
+    if info.kind == "neurons":
+        issues += _offset_issues(i, entry, info, manifest, registry)
+    elif entry.offset_scale != 1.0:
+        issues.append((("bricks", i, "offset_scale"), f"{info.name} is a {info.kind} brick, which has no offset "
+                       "to scale; remove offset_scale"))
+    if info.kind == "growth":
+        slots = registry.get(entry.ref).growth_slots()
+        if slots > manifest.host.growth_slots:
+            issues.append((("host", "growth_slots"), f"growth brick {info.name} {info.version} (bricks[{i}]) needs "
+                           f"{slots} growth slots per layer but host.growth_slots is {manifest.host.growth_slots}; "
+                           f"set host.growth_slots: {slots} or more"))
+    return issues
+
+
+def _host_issues(i: int, info: BrickVersion, host: HostRef | None) -> list[Issue]:
+    if host is None or info.host_fingerprint == host.fingerprint:
+        return []
+    built = info.meta.host
+    return [(("bricks", i, "ref"), f"{info.name} {info.version} was built for host {built.name or built.arch} "
+             f"({built.short()}), but this manifest serves {host.name or host.arch} ({host.short()}); use a brick "
+             "extracted from this host, or serve the host the brick was built for")]
+
+
+def _offset_issues(i: int, entry: BrickEntry, info: BrickVersion, manifest: Manifest,
+                   registry: BrickSource) -> list[Issue]:
+    has_offset = info.meta.params.get("has_offset")
+    if has_offset is None:  # older metadata does not say: look at the tensors
+        has_offset = any(s.offset is not None for s in registry.get(entry.ref).neurons.values())
+    if not has_offset and entry.offset_scale != 1.0:
+        return [(("bricks", i, "offset_scale"), f"{info.name} {info.version} has no offset to scale; remove "
+                 "offset_scale (or use a steering brick)")]
+    if has_offset and entry.offset_scale != 0.0 and manifest.engine.neuron_path == "lora":
+        return [(("bricks", i, "ref"), f"{info.name} {info.version} sets offsets, which engine.neuron_path: lora "
+                 "cannot serve (an offset is a bias, not a LoRA delta); use neuron_path: gain_table, or set "
+                 "offset_scale: 0 to serve its gains only")]
+    return []
