@@ -18,6 +18,7 @@ import difflib
 import os
 import re
 import reprlib
+import types
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Protocol, Union, get_args, get_origin
@@ -44,7 +45,7 @@ if TYPE_CHECKING:
 
 # The same names as bricks.format.NAME_RE (not imported from there: that module pulls in torch).
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
-_NUM = "[0-9]+"
+_NUM = "(?:0|[1-9][0-9]*)"  # no leading zeros, as registry.refs
 SELECTOR_RE = re.compile(
     rf"^(?:latest|[a-z][a-z0-9._-]*|\^?{_NUM}(?:\.{_NUM}(?:\.{_NUM})?)?|~{_NUM}\.{_NUM}(?:\.{_NUM})?)$"
 )
@@ -134,9 +135,9 @@ def _check_env_name(name: str) -> str:
     return name
 
 
-def _none_as(empty: Any) -> BeforeValidator:
+def _none_as(empty: type) -> BeforeValidator:
     """An empty YAML section (`bricks:` with everything commented out) reads as null: treat it as empty."""
-    return BeforeValidator(lambda value: type(empty)() if value is None else value)
+    return BeforeValidator(lambda value: empty() if value is None else value)
 
 
 ManifestName = Annotated[str, AfterValidator(_check_name)]
@@ -150,18 +151,18 @@ class _Section(BaseModel):
 
 
 class HostSpec(_Section):
+    """The host model."""
+
     spec: Annotated[str, AfterValidator(_check_host_spec)] = Field(
         description="built-in host name (smollm2-135m-instruct) or a path to a local Hugging Face model folder; "
         "a relative path starts at the manifest's folder")
     growth_slots: int = Field(0, ge=0, le=4096, description="zero FFN neurons reserved per layer for growth bricks "
                               "(an exact no-op until a growth brick uses them)")
 
-    @property
-    def is_path(self) -> bool:
-        return _is_path(self.spec)
-
 
 class BrickEntry(_Section):
+    """One brick to serve, by registry ref."""
+
     ref: BrickRef = Field(description=f"registry ref: {REF_FORMS}")
     gain: FiniteFloat | None = Field(None, description="gain on the brick's neurons; default: the brick's own")
     offset_scale: FiniteFloat = Field(1.0, description="k, scales the brick's stored offset (steering strength)")
@@ -171,6 +172,8 @@ class BrickEntry(_Section):
 
 
 class RoutingConfig(_Section):
+    """How each request's bricks are chosen."""
+
     policy: Literal["explicit", "static", "retrieval"] = Field(
         "static", description="explicit: the bricks a request names (or its assembly); static: the manifest's "
         "bricks on every request; retrieval: the top_k routable bricks closest to the request, plus the rest")
@@ -181,6 +184,8 @@ class RoutingConfig(_Section):
 
 
 class EngineConfig(_Section):
+    """The inference engine and its limits."""
+
     kind: Literal["vllm", "transformers"] = Field("vllm", description="vllm, or the transformers reference engine")
     neuron_path: Literal["gain_table", "lora"] = Field(
         "gain_table", description="how neuron bricks are served: the per-token gain table, or compiled to LoRA "
@@ -199,6 +204,8 @@ class EngineConfig(_Section):
 
 
 class ServerConfig(_Section):
+    """The HTTP server."""
+
     host: str = Field("127.0.0.1", min_length=1, description="address to listen on")
     port: int = Field(8000, ge=1, le=65535)
     api_key_env: Annotated[str, AfterValidator(_check_env_name)] | None = Field(
@@ -218,15 +225,17 @@ class ServerConfig(_Section):
 
 
 class Manifest(_Section):
+    """A model assembly to serve: host model, bricks, routing, engine and server."""
+
     name: ManifestName = Field(description="served model name; lowercase letters, digits, '.', '_', '-'")
     description: str | None = None
-    host: HostSpec
-    bricks: Annotated[list[BrickEntry], _none_as([])] = Field(default_factory=list)
-    assemblies: Annotated[dict[ManifestName, list[str]], _none_as({})] = Field(
+    host: HostSpec = Field(description="the host model the bricks run on: `spec:` (and `growth_slots:`)")
+    bricks: Annotated[list[BrickEntry], _none_as(list)] = Field(default_factory=list)
+    assemblies: Annotated[dict[ManifestName, list[str]], _none_as(dict)] = Field(
         default_factory=dict, description="named assemblies, served as extra model names: aliases or refs of bricks")
-    routing: Annotated[RoutingConfig, _none_as({})] = Field(default_factory=RoutingConfig)
-    engine: Annotated[EngineConfig, _none_as({})] = Field(default_factory=EngineConfig)
-    server: Annotated[ServerConfig, _none_as({})] = Field(default_factory=ServerConfig)
+    routing: Annotated[RoutingConfig, _none_as(dict)] = Field(default_factory=RoutingConfig)
+    engine: Annotated[EngineConfig, _none_as(dict)] = Field(default_factory=EngineConfig)
+    server: Annotated[ServerConfig, _none_as(dict)] = Field(default_factory=ServerConfig)
 
     _resolved: dict[str, Any] = PrivateAttr(default_factory=dict)
 
@@ -277,7 +286,7 @@ def _duplicate_ref_issues(parts: dict[str, Any]) -> list[Issue]:
     issues = []
     for i, entry in enumerate(parts.get("bricks") or []):
         if entry.ref in first:
-            issues.append(((("bricks", i, "ref")), f"{entry.ref!r} is already listed as bricks[{first[entry.ref]}]; "
+            issues.append((("bricks", i, "ref"), f"{entry.ref!r} is already listed as bricks[{first[entry.ref]}]; "
                            "list each brick once"))
         first.setdefault(entry.ref, i)
     return issues
@@ -412,7 +421,9 @@ def _load_yaml(text: str, source: str) -> tuple[yaml.Node, dict[str, Any]]:
 def _yaml_problem(err: yaml.YAMLError) -> Problem:
     mark = getattr(err, "problem_mark", None)
     what = getattr(err, "problem", None) or str(err)
-    context = getattr(err, "context", None)
+    context, context_mark = getattr(err, "context", None), getattr(err, "context_mark", None)
+    if context and context_mark is not None and (mark is None or context_mark.line != mark.line):
+        context += f" that starts on line {context_mark.line + 1}"
     message = f"YAML syntax error: {what}" + (f" ({context})" if context else "")
     if "\\t" in what or "\t" in what:
         message += "; indent with spaces, not tabs"
@@ -583,7 +594,7 @@ def _annotation_at(loc: Loc) -> Any:
 
 def _unwrap(annotation: Any) -> Any:
     """Strip Annotated[...] and Optional[...]."""
-    while get_origin(annotation) is Annotated or (get_origin(annotation) in (Union, type(int | None))
+    while get_origin(annotation) is Annotated or (get_origin(annotation) in (Union, types.UnionType)
                                                   and type(None) in get_args(annotation)):
         args = [a for a in get_args(annotation) if a is not type(None)]
         annotation = args[0]
@@ -605,7 +616,7 @@ class BrickVersion(Protocol):
     """What `registry.resolve(ref)` returns."""
 
     name: str
-    version: Any
+    version: str
     digest: str
     kind: str
     host_fingerprint: str
@@ -653,15 +664,23 @@ def _read_text(path: Path) -> str:
 
 
 def _host_path_issues(manifest: Manifest, base: Path) -> list[Issue]:
-    if not manifest.host.is_path:
+    from bricks.host import BUILTIN_HOSTS  # imports torch: only when loading a file, never when parsing
+
+    spec = manifest.host.spec
+    if spec in BUILTIN_HOSTS:
         return []
-    folder = (base / Path(manifest.host.spec).expanduser()).resolve()
-    if not (folder / "config.json").is_file():
-        what = "has no config.json, so it is not a Hugging Face model folder" if folder.is_dir() else "does not exist"
-        return [(("host", "spec"), f"host folder {folder} {what}; give a model folder (relative paths start at "
-                 "the manifest's folder) or a built-in name such as smollm2-135m-instruct")]
-    manifest.host.spec = str(folder)
-    return []
+    folder = (base / Path(spec).expanduser()).resolve()
+    if (folder / "config.json").is_file():
+        manifest.host.spec = str(folder)
+        return []
+    if folder.is_dir():
+        what = f"host folder {folder} has no config.json, so it is not a Hugging Face model folder"
+    elif _is_path(spec):
+        what = f"host folder {folder} does not exist"
+    else:
+        what = f"{spec!r} is neither a built-in host ({', '.join(BUILTIN_HOSTS)}) nor a folder next to the manifest"
+    return [(("host", "spec"), f"{what}; give a built-in host or a model folder (a relative path starts at the "
+             "manifest's folder)")]
 
 
 def _registry_issues(manifest: Manifest, registry: BrickSource, host: HostRef | None) -> list[Issue]:

