@@ -179,6 +179,9 @@ def _read_members(path: Path) -> dict[str, bytes]:
             for member in tar:
                 _check_member(path, member, members)
                 members[member.name] = tar.extractfile(member).read()
+            # tarfile stops at the end-of-archive block; read on so a cut gzip trailer (CRC) is noticed.
+            while tar.fileobj.read(1 << 20):
+                pass
     except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
         raise _bad_archive(path, f"not a readable tar archive ({e}); it may be truncated") from None
     return members

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Literal, NamedTuple
+from typing import Literal, NamedTuple, cast
 
 from bricks.errors import InvalidInputError
 from bricks.format import NAME_RE
@@ -74,7 +74,7 @@ def parse_version(text: str) -> Version:
 def check_bump(bump: str) -> Bump:
     if bump not in ("patch", "minor", "major"):
         raise InvalidInputError(f"unknown version bump {bump!r}", "use one of: patch, minor, major")
-    return bump  # type: ignore[return-value]
+    return cast(Bump, bump)
 
 
 def check_name(name: str) -> str:

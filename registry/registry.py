@@ -97,7 +97,8 @@ class Registry:
 
         With no `version`, the next one is the highest existing version bumped by `bump` (1.0.0
         for a new name), computed inside the write transaction so concurrent publishers never
-        collide. An explicit existing version is accepted only with identical bytes (idempotent).
+        collide. An explicit existing version is accepted only with identical bytes, and then the
+        existing version is returned unchanged (parents and tags of that call are not applied).
         """
         data = brick.to_bytes()  # validates the brick before anything is written
         explicit = parse_version(version) if version is not None else None
@@ -119,7 +120,7 @@ class Registry:
             info = VersionInfo(
                 name=brick.meta.name, version=str(number), digest=digest, kind=brick.meta.kind,
                 host_fingerprint=brick.meta.host.fingerprint, created=datetime.now(timezone.utc),
-                size_bytes=len(data), meta=brick.meta,
+                size_bytes=len(data), meta=brick.meta.model_copy(deep=True),
             )
             cat.insert_version(conn, info)
             _test_pause(TEST_DELAY_IN_TXN)

@@ -131,8 +131,11 @@ def test_missing_blob_and_dangling_refs_rejected(src: Registry, tmp_path: Path):
 def test_truncated_archive_rejected(src: Registry, tmp_path: Path, suffix: str):
     archive = src.export(None, tmp_path / f"all{suffix}")
     data = archive.read_bytes()
+    # A plain tar ends in zero padding that can go without loss; cut inside the last member's data.
+    with tarfile.open(archive) as tar:
+        end = max(m.offset_data + m.size for m in tar) if suffix == ".tar" else len(data)
     dst = Registry(tmp_path / "dst")
-    for cut in (0, 100, len(data) // 3, len(data) // 2, len(data) - 1500):
+    for cut in (0, 100, end // 3, end // 2, end - 10):
         truncated = tmp_path / f"cut{suffix}"
         truncated.write_bytes(data[:cut])
         with pytest.raises(InvalidInputError):
