@@ -157,7 +157,7 @@ def _print_profile(profile: dict) -> None:
 def tag(ctx: click.Context, ref: str, tag: str) -> None:
     """Point TAG of a brick at REF's version (moves it if it exists; history is kept)."""
     v = _registry(ctx).tag(ref, tag)
-    click.echo(f"{v.name}@{tag} -> {v.version}" if hasattr(v, "version") else f"tagged {ref} as {tag}")
+    click.echo(f"{v.name}@{tag} -> {v.version}")
 
 
 @cli.command()
@@ -205,8 +205,10 @@ def verify(ctx: click.Context, as_json: bool) -> None:
 @click.pass_context
 def export_cmd(ctx: click.Context, archive: str, refs: tuple[str, ...]) -> None:
     """Write REFS (default: every version) with their digests, tags and lineage into one archive."""
-    n = _registry(ctx).export(list(refs) or None, Path(archive))
-    click.echo(f"exported {n if isinstance(n, int) else len(n)} version(s) to {archive}")
+    reg = _registry(ctx)
+    reg.export(list(refs) or None, Path(archive))
+    n = len(refs) if refs else len(reg.list())
+    click.echo(f"exported {n} version(s) to {archive}")
 
 
 @cli.command("import")
@@ -278,7 +280,7 @@ def manifest_validate(ctx: click.Context, file: str, offline: bool, as_json: boo
             _emit_json({"ok": False, "problems": [p.__dict__ if hasattr(p, "__dict__") else dict(p)
                                                   for p in e.problems]})
         else:
-            err_console.print(str(e), markup=False, highlight=False)
+            click.echo(str(e), err=True)
         sys.exit(1)
     msg = f"{file}: ok ({m.name}: {len(m.bricks)} brick(s), policy {m.routing.policy}, engine {m.engine.kind})"
     _emit_json({"ok": True, "name": m.name}) if as_json else click.echo(msg)
