@@ -78,7 +78,6 @@ class AssemblyCache:
         self._mem: OrderedDict[str, BuiltAssembly] = OrderedDict()
         self._by_request: OrderedDict[tuple, str] = OrderedDict()
         self._lock = threading.Lock()
-        self._next_lora_id = 1
         self.stats = CacheStats()
         if neuron_path == "lora" and w_down is None:
             raise InvalidInputError("neuron_path 'lora' needs the host's down_proj weights", "pass w_down")
@@ -103,9 +102,6 @@ class AssemblyCache:
                 self.stats.misses += 1
                 self.stats.build_ms_total += built.build_ms
                 self.stats.last_build_ms = built.build_ms
-                if built.adapter_path is not None:
-                    built.lora_int_id = self._next_lora_id
-                    self._next_lora_id += 1
                 self._mem[built.id] = built
                 self._evict_memory()
             self._by_request[key] = built.id
@@ -114,12 +110,20 @@ class AssemblyCache:
         return built
 
     def _build(self, choices: list[BrickChoice], versions) -> BuiltAssembly:
-        t0 = time.perf_counter()
         uses = [BrickUse(self.registry.get(v.ref), c.gain, c.offset_scale) for v, c in zip(versions, choices)]
-        order = _canonical_order(uses, [v.digest for v in versions])
+        return self.build_uses(uses, [v.digest for v in versions], [v.ref for v in versions])
+
+    def build_uses(self, uses: list[BrickUse], digests: list[str] | None = None,
+                   refs: list[str] | None = None) -> BuiltAssembly:
+        """Build from bricks in memory (probes, tests); not entered in the request cache."""
+        t0 = time.perf_counter()
+        if digests is None:
+            digests = ["sha256:" + hashlib.sha256(u.brick.to_bytes()).hexdigest() for u in uses]
+        refs = refs or [u.brick.name for u in uses]
+        order = _canonical_order(uses, digests)
         uses = [uses[i] for i in order]
-        refs = [versions[i].ref for i in order]
-        items = [(versions[i].digest, choices[i].gain, choices[i].offset_scale) for i in order]
+        refs = [refs[i] for i in order]
+        items = [(digests[i], u.gain, u.offset_scale) for i, u in zip(order, uses)]
         aid = assembly_id(self.host, items, self.neuron_path, self.reserved)
         asm = assemble(self.host, uses)
         folder = self.dir / aid
@@ -127,7 +131,10 @@ class AssemblyCache:
         adapter, adapter_path = self._adapter(folder, asm)
         _touch(folder)
         self._evict_disk()
-        return BuiltAssembly(aid, refs, asm, row_path, adapter_path, adapter, (time.perf_counter() - t0) * 1e3)
+        # The LoRA id follows from the identity, so caches sharing an engine never give one id two adapters.
+        lora_id = int(aid[:14], 16) + 1 if adapter_path is not None else 0
+        return BuiltAssembly(aid, refs, asm, row_path, adapter_path, adapter, (time.perf_counter() - t0) * 1e3,
+                             lora_int_id=lora_id)
 
     def _row(self, folder: Path, nmap: NeuronMap) -> Path | None:
         if nmap.is_identity():

