@@ -257,6 +257,10 @@ class VllmEngine(Engine):
             raise InvalidInputError(f"assembly {built.refs} has LoRA/growth bricks but the engine was started "
                                     "without LoRA", "list a LoRA or growth brick in the manifest so the engine "
                                     "enables LoRA at start")
+        if built.adapter is not None and built.adapter.rank > self.s.max_lora_rank:
+            # vLLM would reject it inside the engine process and take the whole engine down: refuse here.
+            raise InvalidInputError(f"assembly {built.refs} needs LoRA rank {built.adapter.rank} > the engine's "
+                                    f"max_lora_rank {self.s.max_lora_rank}", "raise engine.max_lora_rank")
         from vllm.lora.request import LoRARequest
 
         return LoRARequest(built.id, built.lora_int_id, str(built.adapter_path))

@@ -1,0 +1,89 @@
+"""One vLLM engine per test session, on a background event loop (vLLM's async engine is bound to the
+loop that created it; the HTTP server and the tests' coroutines run on that same loop)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+import torch
+
+from bricks.format import Brick, BrickMeta, GrowthNeurons, LoraModule, neuron_brick
+
+
+class BackgroundLoop:
+    def __init__(self):
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    def run(self, coro, timeout: float = 600):
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def close(self):
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+def hand_made_bricks(ref) -> dict[str, Brick]:
+    """Bricks on the real host that change its output visibly, one per case the equivalence test needs."""
+    g = torch.Generator().manual_seed(7)
+
+    def pick(n):
+        return torch.randperm(ref.d_ff, generator=g)[:n]
+
+    out = {
+        "abl": neuron_brick("abl", ref, {i: pick(60) for i in range(0, 30, 3)}, gain=0.0),
+        "amp": neuron_brick("amp", ref, {i: pick(40) for i in range(1, 30, 4)}, gain=2.5),
+        "steer": neuron_brick("steer", ref, {i: pick(30) for i in (8, 12, 16)}, gain=1.0,
+                              offset={i: 0.6 * torch.randn(30, generator=g) for i in (8, 12, 16)}),
+    }
+    shared = pick(40)
+    out["ov1"] = neuron_brick("ov1", ref, {5: shared[:30], 20: shared}, gain=0.3)
+    out["ov2"] = neuron_brick("ov2", ref, {5: shared[10:], 20: shared[:20]}, gain=1.8,
+                              offset={5: 0.3 * torch.randn(30, generator=g), 20: 0.3 * torch.randn(20, generator=g)})
+    lora = {}
+    for mod, (d_in, d_out) in {"model.layers.4.mlp.down_proj": (ref.d_ff, ref.d_model),
+                               "model.layers.9.mlp.gate_proj": (ref.d_model, ref.d_ff),
+                               "model.layers.9.mlp.up_proj": (ref.d_model, ref.d_ff)}.items():
+        lora[mod] = LoraModule(torch.randn(4, d_in, generator=g) / d_in**0.5,
+                               torch.randn(d_out, 4, generator=g) * 0.5, alpha=8.0)
+    out["lora"] = Brick(meta=BrickMeta(name="lora", kind="lora", host=ref), lora=lora)
+    out["grow"] = Brick(meta=BrickMeta(name="grow", kind="growth", host=ref), growth={
+        i: GrowthNeurons(torch.randn(4, ref.d_model, generator=g) * 0.2, torch.randn(4, ref.d_model, generator=g) * 0.2,
+                         torch.randn(ref.d_model, 4, generator=g) * 0.5) for i in (3, 18)})
+    return out
+
+
+@pytest.fixture(scope="session")
+def bg_loop():
+    loop = BackgroundLoop()
+    yield loop
+    loop.close()
+
+
+@pytest.fixture(scope="session")
+def served(tmp_path_factory, real_host, bg_loop):
+    """A BrickService on vLLM with LoRA on (3 slots) and 8 growth slots, over a registry of hand-made bricks."""
+    from registry import Registry
+    from serving.service import open_service
+
+    root = tmp_path_factory.mktemp("served")
+    reg = Registry(root / "registry")
+    bricks = hand_made_bricks(real_host.ref)
+    for b in bricks.values():
+        reg.publish(b)
+    manifest = root / "m.yaml"
+    manifest.write_text(
+        "name: equivalence\nhost:\n  spec: smollm2-135m-instruct\n  growth_slots: 8\n"
+        "bricks:\n" + "".join(f"  - ref: {n}@^1\n" for n in bricks) +
+        "routing:\n  policy: explicit\n"
+        "engine:\n  kind: vllm\n  max_loras: 3\n  max_lora_rank: 128\n  max_model_len: 1024\n"
+        "  enforce_eager: true\n  max_assemblies: 32\n"
+        "server:\n  max_tokens: 64\n  max_prompt_tokens: 512\n  api_key_env: BRICK_TEST_KEY\n")
+    svc = open_service(manifest, reg)
+    svc.host = real_host
+    bg_loop.run(svc.start())
+    yield svc
+    bg_loop.run(svc.stop())
