@@ -89,6 +89,12 @@ class BrickService:
                                         f"({v.meta.host.short()}), not {self.host.ref.name} ({self.host.ref.short()})",
                                         "serve it on its own host, or re-extract it from this one")
 
+    def make_router_only(self) -> Router:
+        """The router without starting an engine (for `brick route`); loads the host only for `host` embedding."""
+        if self.manifest.routing.embedder == "host" and self.host is None:
+            self.host = load_host(self.manifest.host.spec)
+        return self._make_router()
+
     def _make_router(self) -> Router:
         m = self.manifest
         entries = []
@@ -98,7 +104,8 @@ class BrickService:
             entries.append(RouteEntry(b.alias or b.ref, BrickChoice(b.ref, b.gain, b.offset_scale), b.routable, texts))
         embedder = None
         if m.routing.policy == "retrieval":
-            embedder = get_embedder(m.routing.embedder, self.host.model, self.host.tokenizer)
+            model, tok = (self.host.model, self.host.tokenizer) if self.host else (None, None)
+            embedder = get_embedder(m.routing.embedder, model, tok)
         return Router(m.routing.policy, entries, top_k=m.routing.top_k, threshold=m.routing.threshold,
                       embedder=embedder, allow_request_bricks=m.routing.allow_request_bricks,
                       assemblies=dict(m.assemblies))
