@@ -50,6 +50,11 @@ class BrickIndex:
             self.index.add(vecs)
             self.owner.extend([key] * len(vecs))
 
+    def add_many(self, keys: list[str], vectors: np.ndarray) -> None:
+        """One key vector per brick, already embedded and L2-normalised (bulk loading)."""
+        self.index.add(np.ascontiguousarray(vectors, dtype=np.float32))
+        self.owner.extend(keys)
+
     def __len__(self) -> int:
         return len(set(self.owner))
 

@@ -42,6 +42,7 @@ class GenRequest:
     seed: int | None = None
     logprobs: bool = False
     stop: list[str] = field(default_factory=list)
+    ignore_eos: bool = False  # benchmarks: every request generates exactly max_tokens
 
 
 @dataclass
@@ -101,7 +102,7 @@ class ReferenceEngine(Engine):
                 logp = torch.log_softmax(logits, -1)
                 nxt = _pick(logits, req, gen)
                 yield nxt, float(logp[nxt])
-                if nxt == tok.eos_token_id:
+                if nxt == tok.eos_token_id and not req.ignore_eos:
                     return
                 ids = torch.tensor([[nxt]])
 
@@ -248,7 +249,7 @@ class VllmEngine(Engine):
             extra = {"brick_assembly": built.id, "brick_row": str(built.row_path)}
         return SamplingParams(max_tokens=req.max_tokens, temperature=req.temperature, top_p=req.top_p,
                               seed=req.seed, logprobs=0 if req.logprobs else None, stop=req.stop or None,
-                              extra_args=extra)
+                              ignore_eos=req.ignore_eos, extra_args=extra)
 
     def _lora(self, built: BuiltAssembly):
         if built.adapter_path is None:

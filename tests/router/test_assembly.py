@@ -57,7 +57,7 @@ def test_new_version_is_used_without_restart(reg, tiny_host, tmp_path):
 def test_lora_truncation_bound(reg, tiny_host, tmp_path):
     ok = AssemblyCache(reg, tiny_host.ref, tmp_path / "c1", max_rank=16)
     built = ok.get([BrickChoice("lora")])
-    assert (built.adapter_path / "adapter_config.json").is_file() and built.lora_int_id == 1
+    assert (built.adapter_path / "adapter_config.json").is_file() and built.lora_int_id > 0
     tight = AssemblyCache(reg, tiny_host.ref, tmp_path / "c2", max_rank=8, max_error=0.01)
     with pytest.raises(InvalidInputError, match="max_lora_rank"):
         tight.get([BrickChoice("lora")])
