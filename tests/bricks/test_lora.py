@@ -109,3 +109,23 @@ def test_allowed_ranks():
     assert [allowed_rank(r) for r in (1, 2, 8, 9, 300)] == [1, 8, 8, 16, 320]
     with pytest.raises(InvalidInputError):
         allowed_rank(600)
+
+
+def test_peft_roundtrip_through_import(tiny_host, tmp_path):
+    """A LoRA brick exported as PEFT and imported back computes the same deltas."""
+    from bricks.peft_io import brick_from_peft
+
+    mod = "model.layers.1.mlp.down_proj"
+    b = Brick(meta=BrickMeta(name="l", kind="lora", host=tiny_host.ref),
+              lora={mod: LoraModule(torch.randn(4, 128), torch.randn(64, 4), alpha=8.0)})
+    adapter = assembly_adapter(assemble(tiny_host.ref, [BrickUse(b)]), max_rank=16)
+    back = brick_from_peft(write_peft(adapter, tmp_path / "a"), "back", tiny_host.ref)
+    lm, orig = back.lora[mod], b.lora[mod]
+    assert torch.allclose(lm.B @ lm.A * lm.scaling, orig.B @ orig.A * orig.scaling, atol=1e-5)
+
+
+def test_import_rejects_non_adapters(tmp_path, tiny_host):
+    from bricks.peft_io import brick_from_peft
+
+    with pytest.raises(InvalidInputError, match="not a readable PEFT"):
+        brick_from_peft(tmp_path, "x", tiny_host.ref)

@@ -18,7 +18,7 @@ def run(registry_dir):
         res = runner.invoke(cli, ["--registry", str(registry_dir), *args])
         assert res.exit_code == code, res.output
         assert "Traceback" not in res.output
-        return res.output
+        return res.stdout if code == 0 else res.output
 
     return invoke
 
@@ -92,3 +92,31 @@ def test_manifest_validate_and_schema(run, tmp_path):
     bad.write_text("name: x\nhost:\n  spec: smollm2-135m-instruct\nbricks:\n  - ref: lang-fr@^1\n")
     out = run("manifest", "validate", str(bad), code=1)
     assert ":5:" in out and "lang-fr" in out  # unknown brick in the (empty) registry
+
+
+def test_export_and_import_peft(run, brick_file, tmp_path, tiny_host_dir):
+    run("publish", brick_file(gain=0.5))
+    # offsets cannot go into a LoRA adapter: one clear error
+    assert "offsets" in run("export-peft", str(tmp_path / "x"), "lang-fr", "--host", str(tiny_host_dir), code=1)
+    from bricks.format import neuron_brick as nb
+    from bricks.host import host_ref
+
+    save_brick(nb("gains", host_ref(str(tiny_host_dir)), {1: [1, 2]}, gain=0.0), tmp_path / "g.safetensors")
+    run("publish", str(tmp_path / "g.safetensors"))
+    out = run("export-peft", str(tmp_path / "peft"), "gains", "--host", str(tiny_host_dir))
+    assert "rank 2" in out and (tmp_path / "peft" / "adapter_config.json").is_file()
+    assert "gains-lora@1.0.0" in run("import-peft", str(tmp_path / "peft"), "--name", "gains-lora",
+                                     "--host", str(tiny_host_dir))
+
+
+def test_generate_and_route_on_the_reference_engine(run, brick_file, tmp_path, tiny_host_dir):
+    run("publish", brick_file())
+    m = tmp_path / "tiny.yaml"
+    m.write_text(f"name: tiny\nhost:\n  spec: {tiny_host_dir}\nbricks:\n  - ref: lang-fr@^1\n    alias: fr\n"
+                 "routing:\n  policy: static\nengine:\n  kind: transformers\n  max_model_len: 256\n"
+                 "server:\n  max_tokens: 32\n  max_prompt_tokens: 128\n")
+    out = json.loads(run("generate", str(m), "The quick brown fox", "--max-tokens", "5", "--json", "--no-chat"))
+    assert out["bricks"] == ["lang-fr@1.0.0"] and isinstance(out["text"], str)
+    d = json.loads(run("route", str(m), "anything", "--json"))
+    assert d["policy"] == "static" and d["bricks"] == ["lang-fr@^1"]
+    assert "above the server's limit" in run("generate", str(m), "x", "--max-tokens", "999", code=1)
