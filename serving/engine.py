@@ -204,6 +204,7 @@ class VllmSettings:
     reserved: int = 0
     max_num_seqs: int = 64
     seed: int = 0
+    lora_targets: list[str] | None = None  # module suffixes vLLM wraps (None: all); fewer = cheaper on CPU
 
 
 class VllmEngine(Engine):
@@ -233,7 +234,7 @@ class VllmEngine(Engine):
             hf_overrides={"architectures": ["BrickLlamaForCausalLM"], "brickwork_max_rows": rows},
             logits_processors=["serving.vllm_model:BrickRowTracker"],
             enable_lora=s.enable_lora, max_loras=s.max_loras, max_lora_rank=s.max_lora_rank,
-            max_logprobs=1)
+            lora_target_modules=s.lora_targets if s.enable_lora else None, max_logprobs=1)
         self.llm = AsyncLLM.from_engine_args(args)
 
     async def stop(self) -> None:
@@ -262,6 +263,11 @@ class VllmEngine(Engine):
             # vLLM would reject it inside the engine process and take the whole engine down: refuse here.
             raise InvalidInputError(f"assembly {built.refs} needs LoRA rank {built.adapter.rank} > the engine's "
                                     f"max_lora_rank {self.s.max_lora_rank}", "raise engine.max_lora_rank")
+        unwrapped = {m.rsplit(".", 1)[1] for m in built.adapter.modules} - set(self.s.lora_targets or [])
+        if self.s.lora_targets is not None and unwrapped:
+            raise InvalidInputError(f"assembly {built.refs} has LoRA on {sorted(unwrapped)}, which this server "
+                                    f"does not wrap (it wraps {sorted(self.s.lora_targets)})",
+                                    "list a brick using those modules in the manifest, so the engine wraps them")
         from vllm.lora.request import LoRARequest
 
         return LoRARequest(built.id, built.lora_int_id, str(built.adapter_path))

@@ -72,10 +72,22 @@ class BrickService:
         if self.engine is not None:
             await self.engine.stop()
 
+    def _lora_targets(self) -> list[str]:
+        """The module suffixes the manifest's trained bricks (and LoRA-path neuron bricks) touch."""
+        targets: set[str] = set()
+        for ref, v in self.manifest.resolved.items():
+            if v.kind == "lora":
+                targets |= {m.rsplit(".", 1)[1] for m in self.registry.get(v.ref).lora}
+            elif v.kind == "growth":
+                targets |= {"gate_proj", "up_proj", "down_proj"}
+            elif self.manifest.engine.neuron_path == "lora":
+                targets.add("down_proj")
+        return sorted(targets)
+
     def _settings(self) -> VllmSettings:
         e = self.manifest.engine
         kinds = {v.kind for v in self.manifest.resolved.values()}
-        return VllmSettings(dtype=e.dtype, max_model_len=e.max_model_len, enforce_eager=e.enforce_eager,
+        return VllmSettings(lora_targets=self._lora_targets(),dtype=e.dtype, max_model_len=e.max_model_len, enforce_eager=e.enforce_eager,
                             gpu_memory_utilization=e.gpu_memory_utilization,
                             enable_prefix_caching=e.enable_prefix_caching, max_rows=e.max_assemblies,
                             enable_lora=bool(kinds & {"lora", "growth"}) or e.neuron_path == "lora",

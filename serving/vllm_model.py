@@ -50,8 +50,8 @@ class GainTable:
         self.loads = 0
         # Per forward pass: per-request rows (set by the tracker) and the expanded per-token index.
         self.request_rows = torch.zeros(0, dtype=torch.long)
-        self._token_rows: torch.Tensor | None = None
-        self._token_key: tuple | None = None
+        self._token_rows: torch.Tensor | int | None = None
+        self._token_key: int | None = None
 
     def acquire(self, aid: str | None, path: str | None) -> int:
         if not aid:
@@ -92,24 +92,30 @@ class GainTable:
         self.offset[row, :, :w].copy_(o)
         self.loads += 1
 
-    def token_rows(self, num_tokens: int) -> torch.Tensor | None:
-        """Per-token rows for this forward pass, or None when every token uses the identity row."""
+    def token_rows(self, num_tokens: int, layer: int) -> torch.Tensor | int | None:
+        """Per-token rows for this forward pass: None (all identity), an int (one row for every token)
+        or a [num_tokens] index. Computed at the first layer and reused by the others: the layers of
+        one forward pass run in order, so layer 0 marks a new pass."""
+        if layer == 0 or self._token_key != num_tokens:
+            self._token_rows = self._compute_rows(num_tokens)
+            self._token_key = num_tokens
+        return self._token_rows
+
+    def _compute_rows(self, num_tokens: int) -> torch.Tensor | int | None:
         rows = self.request_rows
         if not bool(rows.any()):
             return None
         qsl = _query_start_loc()
         if qsl is None:
             return None
-        key = (num_tokens, qsl.data_ptr(), tuple(qsl.tolist()), tuple(rows.tolist()))
-        if key != self._token_key:
-            n = min(len(qsl) - 1, len(rows))
-            counts = (qsl[1 : n + 1] - qsl[:n]).to("cpu")
-            idx = torch.repeat_interleave(rows[:n], counts)
-            out = torch.zeros(num_tokens, dtype=torch.long)
-            out[: min(len(idx), num_tokens)] = idx[:num_tokens]
-            self._token_rows = out.to(self.gain.device)
-            self._token_key = key
-        return self._token_rows
+        n = min(len(qsl) - 1, len(rows))
+        counts = (qsl[1 : n + 1] - qsl[:n]).to("cpu")
+        idx = torch.repeat_interleave(rows[:n], counts)
+        if idx.numel() == num_tokens and bool((idx == idx[0]).all()):
+            return int(idx[0]) or None
+        out = torch.zeros(num_tokens, dtype=torch.long)
+        out[: min(len(idx), num_tokens)] = idx[:num_tokens]
+        return out.to(self.gain.device)
 
 
 def _query_start_loc() -> torch.Tensor | None:
@@ -134,12 +140,8 @@ def _neuron_affine(h: torch.Tensor, layer: int) -> None:
     table = active_table()
     if table is None:
         return
-    rows = table.token_rows(h.shape[0])
+    rows = table.token_rows(h.shape[0], layer)
     if rows is None:
-        return
-    first = int(rows[0]) if rows.numel() else 0
-    if bool((rows == first).all()):
-        h.mul_(table.gain[first, layer]).add_(table.offset[first, layer])
         return
     h.mul_(table.gain[rows, layer]).add_(table.offset[rows, layer])
 
