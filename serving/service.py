@@ -75,7 +75,7 @@ class BrickService:
     def _lora_targets(self) -> list[str]:
         """The module suffixes the manifest's trained bricks (and LoRA-path neuron bricks) touch."""
         targets: set[str] = set()
-        for ref, v in self.manifest.resolved.items():
+        for v in self.manifest.resolved.values():
             if v.kind == "lora":
                 targets |= {m.rsplit(".", 1)[1] for m in self.registry.get(v.ref).lora}
             elif v.kind == "growth":
@@ -87,7 +87,8 @@ class BrickService:
     def _settings(self) -> VllmSettings:
         e = self.manifest.engine
         kinds = {v.kind for v in self.manifest.resolved.values()}
-        return VllmSettings(lora_targets=self._lora_targets(),dtype=e.dtype, max_model_len=e.max_model_len, enforce_eager=e.enforce_eager,
+        return VllmSettings(lora_targets=self._lora_targets(), dtype=e.dtype, max_model_len=e.max_model_len,
+                            enforce_eager=e.enforce_eager,
                             gpu_memory_utilization=e.gpu_memory_utilization,
                             enable_prefix_caching=e.enable_prefix_caching, max_rows=e.max_assemblies,
                             enable_lora=bool(kinds & {"lora", "growth"}) or e.neuron_path == "lora",

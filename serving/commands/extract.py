@@ -1,0 +1,245 @@
+"""`brick extract` and `brick eval`: find bricks in a host and prove what they do.
+
+Thin click layers over `bricks.extract`, `bricks.evaluate` and `bricks.steer`; wire them into the
+`brick` group with `cli.add_command(extract_cmd)` and `cli.add_command(eval_cmd)`. The registry is
+this command's `--registry`, else the root group's `--registry`, else $BRICK_REGISTRY / the user
+data dir (`registry.default_registry_path`).
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from bricks.errors import BrickError, InvalidInputError
+
+console = Console()
+
+
+class _CleanErrors(click.Command):
+    """A BrickError prints its message and fix, exit 1, also when the command runs outside `brick`."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except BrickError as e:
+            raise click.ClickException(str(e)) from None
+
+
+def _registry(ctx: click.Context, value: str | None):
+    from registry import Registry, default_registry_path
+
+    root = ctx.find_root()
+    return Registry(default_registry_path(value or root.params.get("registry")))
+
+
+def parse_options(pairs: tuple[str, ...]) -> dict[str, Any]:
+    """`key=value` pairs; a value is read as JSON when it parses (numbers, true, lists), else as text."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            raise InvalidInputError(f"method option {pair!r} is not key=value", "write e.g. --opt top_pct=0.5")
+        try:
+            out[key.strip().replace("-", "_")] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key.strip().replace("-", "_")] = raw
+    return out
+
+
+def _check_options(method: str, fn, opts: dict[str, Any]) -> None:
+    params = inspect.signature(fn).parameters
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return
+    allowed = [n for n, p in params.items() if p.kind is p.KEYWORD_ONLY and n != "name"]
+    unknown = sorted(set(opts) - set(allowed))
+    if unknown:
+        raise InvalidInputError(f"method {method!r} has no option(s) {', '.join(unknown)}",
+                                f"use --opt with one of: {', '.join(allowed) or '(none)'}")
+
+
+def _load_data(data: tuple[str, ...]):
+    from bricks.corpus import load_corpus
+
+    return load_corpus(list(data) or ["builtin"])
+
+
+# --- extract ------------------------------------------------------------------------------------------
+@click.command("extract", cls=_CleanErrors)
+@click.argument("method")
+@click.option("--host", "host_spec", default="smollm2-135m-instruct", show_default=True,
+              help="Built-in host name or a local HF model folder.")
+@click.option("--data", multiple=True, help="Corpus: JSONL/text files or folders, or 'builtin' (default).")
+@click.option("--name", required=True, help="Brick name (label bricks are named NAME-LABEL).")
+@click.option("--version", default=None, help="Explicit version to publish (default: next minor).")
+@click.option("--held-out", type=float, default=None,
+              help="Fraction of documents held out to check each candidate (method default: 0.2).")
+@click.option("--force", is_flag=True, help="Publish candidates the held-out check calls general.")
+@click.option("--opt", "opts", multiple=True, metavar="KEY=VALUE", help="Method option (repeatable).")
+@click.option("--dry-run", is_flag=True, help="Extract and report, publish nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--registry", "registry_path", type=click.Path(file_okay=False), default=None,
+              help="Registry folder (default: the brick group's --registry, $BRICK_REGISTRY, user data dir).")
+@click.pass_context
+def extract_cmd(ctx: click.Context, method: str, host_spec: str, data: tuple[str, ...], name: str,
+                version: str | None, held_out: float | None, force: bool, opts: tuple[str, ...], dry_run: bool,
+                as_json: bool, registry_path: str | None) -> None:
+    """Extract bricks with METHOD (emergent, clusters, rare-token...) and publish them."""
+    from bricks.extract import get_extractor
+    from bricks.host import load_host
+
+    spec = get_extractor(method)
+    options = parse_options(opts)
+    if held_out is not None:
+        if not 0.0 <= held_out < 1.0:
+            raise InvalidInputError(f"--held-out {held_out} is not a fraction in [0, 1)", "use e.g. --held-out 0.2")
+        options["held_out"] = held_out
+    if force:
+        options["force"] = True
+    _check_options(method, spec.fn, options)
+    reg = None if dry_run else _registry(ctx, registry_path)  # resolve early: a bad path fails before work
+    corpus = _load_data(data)
+    host = load_host(host_spec)
+    result = spec.fn(host, corpus, name=name, **options)
+    published = [] if reg is None else [reg.publish(b, version=version) for b in result.bricks]
+    _print_extraction(result, published, as_json)
+
+
+def _print_extraction(result, published, as_json: bool) -> None:
+    refs = [v.ref for v in published]
+    if as_json:
+        click.echo(json.dumps({"published": refs, "skipped": result.skipped, "report": result.report,
+                               "artifacts": {k: str(v) for k, v in result.artifacts.items()}}, indent=2, default=str))
+        return
+    t = Table("brick", "neurons", "layers", "own ΔPPL%", "mean other ΔPPL%", "status")
+    for i, b in enumerate(result.bricks):
+        m = b.meta.metrics.get("held_out", {})
+        t.add_row(refs[i] if i < len(refs) else b.name, str(b.size()), str(len(b.neurons)),
+                  _num(m.get("own")), _num(m.get("mean_other")), "published" if i < len(refs) else "dry run")
+    for cand, why in result.skipped.items():
+        t.add_row(cand, "", "", "", "", f"[yellow]not published[/yellow]: {why}")
+    console.print(t)
+    for k, v in result.artifacts.items():
+        console.print(f"  {k}: {v}")
+
+
+def _num(v) -> str:
+    return "-" if v is None else f"{v:+.1f}"
+
+
+# --- eval ------------------------------------------------------------------------------------------------
+@click.command("eval", cls=_CleanErrors)
+@click.argument("refs", nargs=-1, required=True)
+@click.option("--data", multiple=True, help="Evaluation corpus (default 'builtin').")
+@click.option("--split", type=click.Choice(["held-out", "all"]), default="held-out", show_default=True,
+              help="held-out: only the documents each brick's extraction held out (by its recorded split).")
+@click.option("--random-sets", type=int, default=5, show_default=True, help="Random same-shape neuron sets.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--heatmap", type=click.Path(dir_okay=False), default=None, help="Write a ΔPPL heatmap PNG.")
+@click.option("--steer", is_flag=True, help="Measure steering variants instead of ablation selectivity.")
+@click.option("--target", default=None, help="Steering target label (e.g. fr).")
+@click.option("--dominant", default="en", show_default=True, help="Dominant language (prompts, PPL cost).")
+@click.option("--k", "ks", default="0.5,1,2,3", show_default=True, help="Steering strengths, comma-separated.")
+@click.option("--forms", default="diff,mean", show_default=True, help="Steering forms: diff, mean.")
+@click.option("--positions", default="all,generated", show_default=True, help="all, generated.")
+@click.option("--max-new-tokens", type=int, default=48, show_default=True)
+@click.option("--registry", "registry_path", type=click.Path(file_okay=False), default=None)
+@click.pass_context
+def eval_cmd(ctx: click.Context, refs: tuple[str, ...], data: tuple[str, ...], split: str, random_sets: int,
+             as_json: bool, heatmap: str | None, steer: bool, target: str | None, dominant: str, ks: str, forms: str,
+             positions: str, max_new_tokens: int, registry_path: str | None) -> None:
+    """Evaluate bricks REF...: ΔPPL per label vs random neuron sets, or (--steer) steering variants."""
+    from bricks.host import load_host
+
+    if random_sets < 0:
+        raise InvalidInputError(f"--random-sets {random_sets} is negative", "use 0 or more (5 for a report)")
+    reg = _registry(ctx, registry_path)
+    bricks = [reg.get(r) for r in refs]
+    host = load_host(_host_spec(bricks))
+    corpus = _eval_corpus(bricks, _load_data(data), split, host.tokenizer)
+    if steer:
+        _run_steer(host, bricks, corpus, target, dominant, ks, forms, positions, max_new_tokens, as_json)
+        return
+    from bricks.evaluate import heatmap_png, render_table, selectivity_report
+
+    report = selectivity_report(host, corpus, bricks, random_sets=random_sets, progress=not as_json)
+    if heatmap:
+        heatmap_png(report, heatmap)
+    if as_json:
+        click.echo(report.to_json())
+        return
+    console.print(render_table(report))
+    if heatmap:
+        console.print(f"heatmap: {heatmap}")
+
+
+def _host_spec(bricks) -> str:
+    from bricks.host import BUILTIN_HOSTS, DEFAULT_HOST
+
+    names = {b.meta.host.fingerprint: b.meta.host.name for b in bricks}
+    if len(names) > 1:
+        raise InvalidInputError("the bricks were built for different hosts", "evaluate bricks of one host at a time")
+    name = next(iter(names.values())) or DEFAULT_HOST
+    if name not in BUILTIN_HOSTS and not Path(name).is_dir():
+        raise InvalidInputError(f"the bricks' host {name!r} is not a built-in host or a folder here",
+                                "run from the folder holding the host model, or re-extract on a built-in host")
+    return name
+
+
+def _eval_corpus(bricks, corpus, split: str, tokenizer):
+    """The held-out part of `corpus` by the split the first brick recorded (then chunked like profiling)."""
+    from bricks.profile import chunk_corpus
+
+    if split == "held-out":
+        params = bricks[0].meta.params
+        frac, seed = params.get("held_out"), params.get("split_seed", 0)
+        if not frac:
+            raise InvalidInputError(f"brick {bricks[0].name!r} records no held-out split",
+                                    "pass --split all with evaluation data the extractor did not see")
+        corpus = corpus.split(float(frac), seed=int(seed))[1]
+        if not corpus:
+            raise InvalidInputError("the held-out split of the data is empty", "pass more data or --split all")
+    return chunk_corpus(corpus, tokenizer, int(bricks[0].meta.params.get("max_len", 256)))
+
+
+def _floats(text: str, what: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise InvalidInputError(f"{what} {text!r} is not a comma-separated list of numbers",
+                                f"write e.g. --{what} 0.5,1,2") from None
+
+
+def _choices(text: str, allowed: tuple[str, ...], what: str) -> list[str]:
+    got = [x.strip() for x in text.split(",") if x.strip()]
+    bad = [x for x in got if x not in allowed]
+    if bad or not got:
+        raise InvalidInputError(f"--{what} {text!r}: unknown {bad or 'empty'}", f"use some of: {', '.join(allowed)}")
+    return got
+
+
+def _run_steer(host, bricks, corpus, target, dominant, ks, forms, positions, max_new_tokens, as_json) -> None:
+    from bricks.steer import FORMS, POSITIONS, render_steer_table, steer_sweep
+
+    if not target:
+        raise InvalidInputError("--steer needs --target", "name the label to steer toward, e.g. --target fr")
+    if dominant not in corpus.labels():
+        raise InvalidInputError(f"the evaluation data has no {dominant!r} text for the perplexity cost",
+                                "pass --data with that label or set --dominant")
+    results = {}
+    for brick in bricks:
+        results[brick.name] = steer_sweep(
+            host, brick, target, corpus.by_label(dominant), ks=_floats(ks, "k"),
+            forms=_choices(forms, FORMS, "forms"), positions=_choices(positions, POSITIONS, "positions"),
+            dominant=dominant, max_new_tokens=max_new_tokens, progress=not as_json)
+    if as_json:
+        click.echo(json.dumps({n: [r.to_dict() for r in rs] for n, rs in results.items()}, indent=2))
+        return
+    for name, rs in results.items():
+        console.print(render_steer_table(rs, title=f"steering {name} toward {target}"))
