@@ -445,6 +445,17 @@ def route(ctx: click.Context, manifest_path: str, prompt: str, as_json: bool) ->
     console.print(t)
 
 
+def _add_commands() -> None:
+    from serving.commands.demo import demo_cmd
+    from serving.commands.extract import eval_cmd, extract_cmd
+
+    for cmd in (extract_cmd, eval_cmd, demo_cmd):
+        cli.add_command(cmd)
+
+
+_add_commands()
+
+
 def main() -> None:
     cli(prog_name="brick")
 

@@ -148,12 +148,16 @@ def _num(v) -> str:
 @click.option("--k", "ks", default="0.5,1,2,3", show_default=True, help="Steering strengths, comma-separated.")
 @click.option("--forms", default="diff,mean", show_default=True, help="Steering forms: diff, mean.")
 @click.option("--positions", default="all,generated", show_default=True, help="all, generated.")
+@click.option("--layers", "layer_mode", type=click.Choice(["all", "halves"]), default="all", show_default=True,
+              help="Steer with all of a brick's layers, or also with its lower and upper half separately.")
 @click.option("--max-new-tokens", type=int, default=48, show_default=True)
+@click.option("--host", "host_spec", default=None, help="Host model (default: the one the bricks name).")
 @click.option("--registry", "registry_path", type=click.Path(file_okay=False), default=None)
 @click.pass_context
 def eval_cmd(ctx: click.Context, refs: tuple[str, ...], data: tuple[str, ...], split: str, random_sets: int,
              as_json: bool, heatmap: str | None, steer: bool, target: str | None, dominant: str, ks: str, forms: str,
-             positions: str, max_new_tokens: int, registry_path: str | None) -> None:
+             positions: str, layer_mode: str, max_new_tokens: int, host_spec: str | None,
+             registry_path: str | None) -> None:
     """Evaluate bricks REF...: ΔPPL per label vs random neuron sets, or (--steer) steering variants."""
     from bricks.host import load_host
 
@@ -161,10 +165,10 @@ def eval_cmd(ctx: click.Context, refs: tuple[str, ...], data: tuple[str, ...], s
         raise InvalidInputError(f"--random-sets {random_sets} is negative", "use 0 or more (5 for a report)")
     reg = _registry(ctx, registry_path)
     bricks = [reg.get(r) for r in refs]
-    host = load_host(_host_spec(bricks))
+    host = load_host(host_spec or _host_spec(bricks))
     corpus = _eval_corpus(bricks, _load_data(data), split, host.tokenizer)
     if steer:
-        _run_steer(host, bricks, corpus, target, dominant, ks, forms, positions, max_new_tokens, as_json)
+        _run_steer(host, bricks, corpus, target, dominant, ks, forms, positions, layer_mode, max_new_tokens, as_json)
         return
     from bricks.evaluate import heatmap_png, render_table, selectivity_report
 
@@ -224,8 +228,9 @@ def _choices(text: str, allowed: tuple[str, ...], what: str) -> list[str]:
     return got
 
 
-def _run_steer(host, bricks, corpus, target, dominant, ks, forms, positions, max_new_tokens, as_json) -> None:
-    from bricks.steer import FORMS, POSITIONS, render_steer_table, steer_sweep
+def _run_steer(host, bricks, corpus, target, dominant, ks, forms, positions, layer_mode, max_new_tokens,
+               as_json) -> None:
+    from bricks.steer import FORMS, POSITIONS, layer_sets, render_steer_table, steer_sweep, unsteered
 
     if not target:
         raise InvalidInputError("--steer needs --target", "name the label to steer toward, e.g. --target fr")
@@ -234,10 +239,11 @@ def _run_steer(host, bricks, corpus, target, dominant, ks, forms, positions, max
                                 "pass --data with that label or set --dominant")
     results = {}
     for brick in bricks:
-        results[brick.name] = steer_sweep(
+        layers = layer_sets(brick) if layer_mode == "halves" else None
+        results[brick.name] = [unsteered(host, target, dominant, max_new_tokens=max_new_tokens)] + steer_sweep(
             host, brick, target, corpus.by_label(dominant), ks=_floats(ks, "k"),
             forms=_choices(forms, FORMS, "forms"), positions=_choices(positions, POSITIONS, "positions"),
-            dominant=dominant, max_new_tokens=max_new_tokens, progress=not as_json)
+            layers=layers, dominant=dominant, max_new_tokens=max_new_tokens, progress=not as_json)
     if as_json:
         click.echo(json.dumps({n: [r.to_dict() for r in rs] for n, rs in results.items()}, indent=2))
         return

@@ -1,0 +1,166 @@
+"""Evaluation on the tiny host: perplexity with bricks, selectivity report shapes, steering helpers, CLI."""
+
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from bricks.compose import BrickUse
+from bricks.corpus import Corpus, Doc
+from bricks.evaluate import (
+    _batch_nll,
+    heatmap_png,
+    jaccard,
+    label_perplexity,
+    random_like,
+    render_table,
+    selectivity_report,
+)
+from bricks.format import neuron_brick
+from bricks.steer import language_shares, repetition, steered, steering_variant
+from tests.conftest import TINY_TEXT
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # The tiny model's matmuls are microseconds: OpenMP hand-offs between threads cost more than they save.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    labels = ["en", "fr", "code", "math", "de"]
+    return Corpus(Doc(t + f" {i}", lab) for i in range(3) for t, lab in zip(TINY_TEXT, labels, strict=True))
+
+
+def _brick(host, gain=0.0, name="b", label="fr"):
+    b = neuron_brick(name, host.ref, {1: [3, 9, 40], 3: [0, 127]}, gain=gain, labels=["en", "fr"])
+    b.meta.routing.label = label
+    for s in b.neurons.values():
+        s.label_means = torch.stack([torch.zeros(s.indices.numel()), torch.ones(s.indices.numel())])
+    return b
+
+
+def test_nll_equals_transformers_loss(tiny_host):
+    ids = tiny_host.tokenizer(TINY_TEXT[1], return_tensors="pt").input_ids
+    pad = torch.full((1, 5), tiny_host.tokenizer.pad_token_id)
+    batch = torch.cat([torch.cat([ids, pad], 1), torch.cat([ids[:, :-5], pad, pad[:, :5]], 1)])
+    mask = torch.cat([torch.cat([torch.ones_like(ids), 0 * pad], 1),
+                      torch.cat([torch.ones_like(ids[:, :-5]), 0 * pad, 0 * pad[:, :5]], 1)])
+    with torch.no_grad():
+        got = _batch_nll(tiny_host, batch, mask)
+        want = tiny_host.model(ids, labels=ids).loss * (ids.shape[1] - 1)
+    assert got[0].item() == pytest.approx(want.item(), rel=1e-5)
+
+
+def test_gain_one_leaves_perplexity_bit_identical(tiny_host, corpus):
+    base = label_perplexity(tiny_host, corpus)
+    assert label_perplexity(tiny_host, corpus, [BrickUse(_brick(tiny_host, gain=1.0))]) == base
+    assert label_perplexity(tiny_host, corpus, [BrickUse(_brick(tiny_host, gain=0.0))]) != base
+
+
+def test_random_like_keeps_counts_per_layer(tiny_host):
+    b = _brick(tiny_host)
+    r = random_like(b, seed=3)
+    assert {k: s.indices.numel() for k, s in r.neurons.items()} == {1: 3, 3: 2}
+    assert all((s.gain == 0).all() for s in r.neurons.values())
+    assert jaccard(b, b) == 1.0 and jaccard(b, r) < 1.0
+    assert not torch.equal(random_like(b, seed=4).neurons[1].indices, r.neurons[1].indices)
+
+
+def test_selectivity_report_shapes(tiny_host, corpus, tmp_path):
+    rep = selectivity_report(tiny_host, corpus, [_brick(tiny_host)], random_sets=5, progress=False)
+    (b,) = rep.bricks
+    assert rep.labels == corpus.labels() and len(b.random) == 5
+    assert all(set(r) == set(corpus.labels()) for r in b.random)
+    s = b.summary()
+    assert s["own"] == b.delta["fr"] and s["random_own"] is not None
+    assert json.loads(rep.to_json())["bricks"][0]["summary"]["own"] == s["own"]
+    assert render_table(rep).row_count == 1
+    assert heatmap_png(rep, tmp_path / "h.png").read_bytes()[:4] == b"\x89PNG"
+    own_only = selectivity_report(tiny_host, corpus, [_brick(tiny_host)], random_sets=2, random_labels="own",
+                                  progress=False)
+    assert all(set(r) == {"fr"} for r in own_only.bricks[0].random)
+
+
+def test_language_scorer():
+    fr = language_shares("Le chat est sur la table et nous sommes dans la cuisine avec les enfants.")
+    de = language_shares("Der Hund ist nicht im Haus, aber die Katze schläft auf dem Sofa.")
+    en = language_shares("The dog is not in the house, but the cat is sleeping on the sofa.")
+    assert fr["fr"] > 0.9 and de["de"] > 0.9 and en["en"] > 0.9
+    assert language_shares("12345 !!!")["coverage"] == 0.0
+    assert repetition("a b c a b c a b c a b c") > 0.5 > repetition("one two three four five six")
+
+
+def test_steering_variant_forms(tiny_host):
+    b = _brick(tiny_host)
+    diff = steering_variant(b, "fr", "diff", k=2.0, dominant="en")
+    assert all((s.gain == 1).all() and torch.allclose(s.offset, torch.full_like(s.offset, 2.0))
+               for s in diff.neurons.values())
+    mean = steering_variant(b, "fr", "mean", k=0.5, dominant="en", layers=[3])
+    assert list(mean.neurons) == [3] and (mean.neurons[3].gain == 0).all()
+    assert torch.allclose(mean.neurons[3].offset, torch.full((2,), 0.5))
+
+
+def test_generated_positions_only_leave_the_prompt_alone(tiny_host):
+    v = steering_variant(_brick(tiny_host), "fr", "diff", k=5.0)
+    ids = tiny_host.tokenizer(TINY_TEXT[0], return_tensors="pt").input_ids
+    with torch.no_grad():
+        plain = tiny_host.model(ids).logits
+        with steered(tiny_host, [v], "generated"):
+            prompt = tiny_host.model(ids).logits
+            step = tiny_host.model(ids[:, :1]).logits
+        with steered(tiny_host, [v], "all"):
+            everywhere = tiny_host.model(ids).logits
+    assert torch.equal(prompt, plain) and not torch.equal(everywhere, plain)
+    assert not torch.equal(step, plain[:, :1])
+
+
+def _write_corpus(path):
+    with path.open("w") as f:
+        for i in range(12):
+            for t, lab in zip(TINY_TEXT, ["en", "fr", "code", "math", "de"], strict=True):
+                f.write(json.dumps({"text": f"{t} {i} {t[: 3 + i]}", "label": lab}) + "\n")
+    return path
+
+
+def test_cli_extract_publishes_and_eval_reports(tiny_host_dir, tmp_path):
+    from registry import Registry
+    from serving.commands.extract import eval_cmd, extract_cmd
+
+    data, reg = _write_corpus(tmp_path / "c.jsonl"), tmp_path / "reg"
+    run = CliRunner().invoke
+    r = run(extract_cmd, ["emergent", "--host", str(tiny_host_dir), "--data", str(data), "--name", "t",
+                          "--registry", str(reg), "--force", "--opt", "top_pct=2", "--opt", "progress=false"])
+    assert r.exit_code == 0, r.output
+    names = Registry(reg).names()
+    assert names == ["t-code", "t-de", "t-en", "t-fr", "t-math"]
+    r = run(eval_cmd, ["t-fr", "t-de", "--host", str(tiny_host_dir), "--data", str(data), "--registry", str(reg),
+                       "--random-sets", "2", "--json"])
+    assert r.exit_code == 0, r.output
+    rep = json.loads(r.stdout)
+    assert [b["own"] for b in rep["bricks"]] == ["fr", "de"] and len(rep["bricks"][0]["random"]) == 2
+    r = run(eval_cmd, ["t-fr", "--host", str(tiny_host_dir), "--data", str(data), "--registry", str(reg), "--steer",
+                       "--target", "fr", "--k", "1", "--forms", "diff", "--positions", "all,generated",
+                       "--max-new-tokens", "3", "--json"])
+    assert r.exit_code == 0, r.output
+    rows = json.loads(r.stdout)["t-fr"]
+    assert [(x["form"], x["positions"]) for x in rows] == [("none", "-"), ("diff", "all"), ("diff", "generated")]
+    assert all(0 <= x["target_share"] <= 1 and x["dominant_ppl_ratio"] > 0 for x in rows)
+
+
+def test_cli_user_mistakes_are_clean_errors(tiny_host_dir, tmp_path):
+    from serving.commands.extract import extract_cmd
+
+    data = _write_corpus(tmp_path / "c.jsonl")
+    base = ["emergent", "--host", str(tiny_host_dir), "--data", str(data), "--name", "t", "--registry",
+            str(tmp_path / "reg")]
+    for extra in (["--opt", "nonsense"], ["--opt", "colour=blue"], ["--held-out", "1.5"]):
+        r = CliRunner().invoke(extract_cmd, base + extra)
+        assert r.exit_code == 1 and "fix:" in r.output and "Traceback" not in r.output, r.output
+    r = CliRunner().invoke(extract_cmd, ["nope"] + base[1:])
+    assert r.exit_code == 1 and "unknown extraction method" in r.output
