@@ -1,7 +1,6 @@
 import json
 
 import pytest
-import torch
 
 from bricks.errors import InvalidInputError
 from bricks.host import host_fingerprint, host_ref, load_host

@@ -1,5 +1,5 @@
-import torch
 import pytest
+import torch
 
 from bricks.errors import InvalidInputError, NotFoundError
 from bricks.format import Brick, BrickMeta, LoraModule, neuron_brick

@@ -89,7 +89,8 @@ def test_models_bricks_health_metrics(base_url):
     h = {"Authorization": f"Bearer {KEY}"}
     assert httpx.get(f"{base_url}/health").json()["status"] == "ok"
     assert httpx.get(f"{base_url}/v1/models", headers=h).json()["data"][0]["id"] == "equivalence"
-    kinds = {b["resolved"].split("@")[0]: b["kind"] for b in httpx.get(f"{base_url}/v1/bricks", headers=h).json()["data"]}
+    listed = httpx.get(f"{base_url}/v1/bricks", headers=h).json()["data"]
+    kinds = {b["resolved"].split("@")[0]: b["kind"] for b in listed}
     assert kinds["lora"] == "lora" and kinds["grow"] == "growth"
     text = httpx.get(f"{base_url}/metrics").text
     assert "brick_assembly_cache_total" in text and "brick_requests_total" in text
