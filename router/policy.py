@@ -154,9 +154,11 @@ class Router:
 
 
 def _dedup(choices: list[BrickChoice]) -> list[BrickChoice]:
-    """Later entries for the same ref win (a request can override a manifest gain)."""
+    """One choice per brick name (`fr@^1` and `fr@1.0.0` are one brick); a later entry wins, so a request
+    overrides a manifest gain instead of applying the brick twice."""
     out: dict[str, BrickChoice] = {}
     for c in choices:
-        out.pop(c.ref, None)
-        out[c.ref] = c
+        name = c.ref.split("@", 1)[0]
+        out.pop(name, None)
+        out[name] = c
     return list(out.values())

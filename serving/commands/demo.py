@@ -74,7 +74,7 @@ def _ensure_bricks(reg, host) -> list[str]:
     for name in sorted(mine):
         v = reg.resolve(name)
         m = v.meta.metrics.get("held_out", {})
-        t.add_row(v.ref, str(v.meta.params.get("n_neurons", v.meta.metrics.get("n_neurons", ""))),
+        t.add_row(v.ref, str(v.meta.params.get("size", "")),
                   _num(m.get("own")), _num(m.get("mean_other")))
     console.print(t)
     return sorted(mine)

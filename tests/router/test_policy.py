@@ -55,6 +55,9 @@ def test_static_and_explicit():
 def test_request_gain_overrides_manifest_gain():
     d = Router("static", entries()).route("x", request_bricks=[{"ref": "safety", "gain": 3}])
     assert BrickChoice("safety@1", 3.0) in d.choices and len(d.choices) == 3
+    # the same brick under another ref form is the same brick, never applied twice
+    d = Router("static", entries()).route("x", request_bricks=[{"ref": "lang-fr@1.0.0", "gain": 2}])
+    assert [c.ref for c in d.choices].count("lang-fr@1.0.0") == 1 and len(d.choices) == 3
 
 
 @pytest.mark.parametrize("bad", [{"gain": 1}, {"ref": "x", "gian": 1}, {"ref": "x", "gain": "high"}, 7,
