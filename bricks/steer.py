@@ -29,7 +29,7 @@ from bricks.evaluate import label_perplexity
 from bricks.format import Brick, NeuronSet
 
 FORMS = ("diff", "mean")
-POSITIONS = ("all", "generated")
+POSITIONS = ("all", "generated", "prompt")
 
 # Frequent function words; a word in two lists is dropped from both (see _EXCLUSIVE), so every listed
 # word votes for one language only.
@@ -93,6 +93,19 @@ def language_shares(text: str) -> dict[str, float]:
     return shares
 
 
+def word_vocab(corpus: Corpus) -> set[str]:
+    """Every word of a corpus, lowercased: a dictionary for `known_word_rate`."""
+    return {w.lower() for d in corpus for w in _WORD_RE.findall(d.text)}
+
+
+def known_word_rate(text: str, vocab: set[str]) -> float:
+    """Share of a text's words found in `vocab`: broken output ("toujouté", "onleur") scores low where
+    the language share alone cannot tell it from real French. A small vocabulary misses rare real
+    words too, so compare settings with each other and with the unsteered row, not with 1."""
+    words = [w.lower() for w in _WORD_RE.findall(text)]
+    return sum(w in vocab for w in words) / len(words) if words else 0.0
+
+
 def repetition(text: str, n: int = 3) -> float:
     """Repeated n-gram rate over words: 1 - distinct/total n-grams (0 = no repeats, ~1 = one loop)."""
     words = text.lower().split()
@@ -138,8 +151,10 @@ def steering_variant(brick: Brick, target: str, form: str = "diff", k: float = 1
 # --- applying at chosen positions ----------------------------------------------------------------------------
 @contextmanager
 def steered(host, bricks: list[Brick], positions: str = "all") -> Iterator[None]:
-    """Apply bricks (composed as an assembly) at every position, or only where the model processes one
-    new token per row (the decode steps of `generate`), leaving the prompt's forward pass untouched."""
+    """Apply bricks (composed as an assembly) at every position; only at generated positions (forward
+    passes of one new token per row: the decode steps of `generate`); or only while the prompt is read
+    (the prefill), so that generation itself runs on the unmodified model in a context that now reads
+    as the target language."""
     if positions not in POSITIONS:
         raise InvalidInputError(f"unknown positions {positions!r}", f"use one of: {', '.join(POSITIONS)}")
     nmap = assemble(host.ref, [BrickUse(b) for b in bricks]).neuron_map
@@ -151,17 +166,17 @@ def steered(host, bricks: list[Brick], positions: str = "all") -> Iterator[None]
     try:
         for layer in nmap.touched_layers():
             handles.append(host.adapter.down_proj(host.model, layer).register_forward_pre_hook(
-                _decode_only_hook(nmap.gain[layer], nmap.offset[layer])))
+                _positions_hook(nmap.gain[layer], nmap.offset[layer], decode=positions == "generated")))
         yield
     finally:
         for h in handles:
             h.remove()
 
 
-def _decode_only_hook(gain: torch.Tensor, offset: torch.Tensor):
+def _positions_hook(gain: torch.Tensor, offset: torch.Tensor, decode: bool):
     def hook(module, args):
         h = args[0]
-        if h.shape[1] != 1:  # the prompt (prefill): read as it is
+        if (h.shape[1] == 1) != decode:  # a one-token forward is a decode step; longer ones read the prompt
             return None
         return (h * gain.to(h.dtype) + offset.to(h.dtype), *args[1:])
 
@@ -223,6 +238,7 @@ class SteerResult:
     dominant_share: float
     coverage: float
     repetition: float  # repeated 3-gram rate (mean over prompts)
+    known_words: float  # share of words found in the target + dominant corpora's vocabulary
     gen_ppl: float  # unmodified host's perplexity of the generations (fluency)
     dominant_ppl_ratio: float  # dominant-language held-out PPL with the brick / without
     sample: str
@@ -231,11 +247,14 @@ class SteerResult:
         return asdict(self)
 
 
-def score_generations(texts: list[str], target: str, dominant: str) -> dict[str, float]:
+def score_generations(texts: list[str], target: str, dominant: str, vocab: set[str] | None = None,
+                      ) -> dict[str, float]:
     shares = [language_shares(t) for t in texts]
-    mean = lambda key: sum(s[key] for s in shares) / max(len(shares), 1)  # noqa: E731
+    n = max(len(texts), 1)
+    mean = lambda key: sum(s[key] for s in shares) / n  # noqa: E731
     return {"target_share": mean(target), "dominant_share": mean(dominant), "coverage": mean("coverage"),
-            "repetition": sum(repetition(t) for t in texts) / max(len(texts), 1)}
+            "repetition": sum(repetition(t) for t in texts) / n,
+            "known_words": sum(known_word_rate(t, vocab) for t in texts) / n if vocab else float("nan")}
 
 
 def layer_sets(brick: Brick) -> dict[str, list[int] | None]:
@@ -251,8 +270,8 @@ def layer_sets(brick: Brick) -> dict[str, list[int] | None]:
 
 def steer_sweep(host, brick: Brick, target: str, dominant_corpus: Corpus, ks: list[float], forms=FORMS,
                 positions=POSITIONS, layers: dict[str, list[int] | None] | None = None, dominant: str = "en",
-                prompts: list[str] | None = None, max_new_tokens: int = 48, progress: bool = True,
-                ) -> list[SteerResult]:
+                prompts: list[str] | None = None, max_new_tokens: int = 48, vocab: set[str] | None = None,
+                progress: bool = True) -> list[SteerResult]:
     """Every (form, k, positions, layer set) setting, measured as described in the module docstring.
 
     The dominant-language cost is the held-out perplexity of `dominant_corpus` with the variant applied at
@@ -272,18 +291,18 @@ def steer_sweep(host, brick: Brick, target: str, dominant_corpus: Corpus, ks: li
         if (form, k, lname) not in cost_cache:
             with steered(host, [variant], "all"):
                 cost_cache[form, k, lname] = label_perplexity(host, dominant_corpus)[dominant] / base_ppl
-        scores = score_generations(texts, target, dominant)
+        scores = score_generations(texts, target, dominant, vocab)
         out.append(SteerResult(form, k, pos, lname, gen_ppl=text_perplexity(host, texts),
                                dominant_ppl_ratio=cost_cache[form, k, lname], sample=texts[0][:160], **scores))
     return out
 
 
 def unsteered(host, target: str, dominant: str = "en", prompts: list[str] | None = None,
-              max_new_tokens: int = 48) -> SteerResult:
+              max_new_tokens: int = 48, vocab: set[str] | None = None) -> SteerResult:
     """The baseline row: the host's own replies."""
     texts = generate(host, prompts or DEFAULT_PROMPTS, max_new_tokens)
     return SteerResult("none", 0.0, "-", "-", gen_ppl=text_perplexity(host, texts), dominant_ppl_ratio=1.0,
-                       sample=texts[0][:160], **score_generations(texts, target, dominant))
+                       sample=texts[0][:160], **score_generations(texts, target, dominant, vocab))
 
 
 def best_setting(results: list[SteerResult], max_repetition: float = 0.3, max_cost: float = 2.0,
@@ -298,15 +317,16 @@ def render_steer_table(results: list[SteerResult], title: str = "steering"):
     from rich.table import Table
 
     t = Table(title=title)
-    for col in ("form", "k", "positions", "layers", "target %", "dominant %", "repeat3", "gen PPL", "dom PPL x",
-                "sample"):
+    for col in ("form", "k", "positions", "layers", "target %", "dominant %", "known %", "repeat3", "gen PPL",
+                "dom PPL x", "sample"):
         t.add_column(col, overflow="fold")
     for r in results:
         t.add_row(r.form, f"{r.k:g}", r.positions, r.layers, f"{100 * r.target_share:.0f}",
-                  f"{100 * r.dominant_share:.0f}", f"{r.repetition:.2f}", _g(r.gen_ppl), f"{r.dominant_ppl_ratio:.2f}",
+                  f"{100 * r.dominant_share:.0f}", _g(100 * r.known_words, ".0f"), f"{r.repetition:.2f}",
+                  _g(r.gen_ppl), f"{r.dominant_ppl_ratio:.2f}",
                   r.sample[:70].replace("\n", " "))
     return t
 
 
-def _g(v: float) -> str:
-    return "nan" if math.isnan(v) else f"{v:.1f}"
+def _g(v: float, spec: str = ".1f") -> str:
+    return "-" if math.isnan(v) else format(v, spec)

@@ -147,7 +147,8 @@ def _num(v) -> str:
 @click.option("--dominant", default="en", show_default=True, help="Dominant language (prompts, PPL cost).")
 @click.option("--k", "ks", default="0.5,1,2,3", show_default=True, help="Steering strengths, comma-separated.")
 @click.option("--forms", default="diff,mean", show_default=True, help="Steering forms: diff, mean.")
-@click.option("--positions", default="all,generated", show_default=True, help="all, generated.")
+@click.option("--positions", default="all,generated,prompt", show_default=True,
+              help="Where the variant acts: all, generated (decode steps only), prompt (prefill only).")
 @click.option("--layers", "layer_mode", type=click.Choice(["all", "halves"]), default="all", show_default=True,
               help="Steer with all of a brick's layers, or also with its lower and upper half separately.")
 @click.option("--max-new-tokens", type=int, default=48, show_default=True)
@@ -166,9 +167,14 @@ def eval_cmd(ctx: click.Context, refs: tuple[str, ...], data: tuple[str, ...], s
     reg = _registry(ctx, registry_path)
     bricks = [reg.get(r) for r in refs]
     host = load_host(host_spec or _host_spec(bricks))
-    corpus = _eval_corpus(bricks, _load_data(data), split, host.tokenizer)
+    full = _load_data(data)
+    corpus = _eval_corpus(bricks, full, split, host.tokenizer)
     if steer:
-        _run_steer(host, bricks, corpus, target, dominant, ks, forms, positions, layer_mode, max_new_tokens, as_json)
+        from bricks.steer import word_vocab
+
+        vocab = word_vocab(full.by_label(target or "")) | word_vocab(full.by_label(dominant))
+        _run_steer(host, bricks, corpus, target, dominant, ks, forms, positions, layer_mode, max_new_tokens, vocab,
+                   as_json)
         return
     from bricks.evaluate import heatmap_png, render_table, selectivity_report
 
@@ -228,7 +234,7 @@ def _choices(text: str, allowed: tuple[str, ...], what: str) -> list[str]:
     return got
 
 
-def _run_steer(host, bricks, corpus, target, dominant, ks, forms, positions, layer_mode, max_new_tokens,
+def _run_steer(host, bricks, corpus, target, dominant, ks, forms, positions, layer_mode, max_new_tokens, vocab,
                as_json) -> None:
     from bricks.steer import FORMS, POSITIONS, layer_sets, render_steer_table, steer_sweep, unsteered
 
@@ -240,10 +246,11 @@ def _run_steer(host, bricks, corpus, target, dominant, ks, forms, positions, lay
     results = {}
     for brick in bricks:
         layers = layer_sets(brick) if layer_mode == "halves" else None
-        results[brick.name] = [unsteered(host, target, dominant, max_new_tokens=max_new_tokens)] + steer_sweep(
+        base = unsteered(host, target, dominant, max_new_tokens=max_new_tokens, vocab=vocab)
+        results[brick.name] = [base] + steer_sweep(
             host, brick, target, corpus.by_label(dominant), ks=_floats(ks, "k"),
             forms=_choices(forms, FORMS, "forms"), positions=_choices(positions, POSITIONS, "positions"),
-            layers=layers, dominant=dominant, max_new_tokens=max_new_tokens, progress=not as_json)
+            layers=layers, dominant=dominant, max_new_tokens=max_new_tokens, vocab=vocab, progress=not as_json)
     if as_json:
         click.echo(json.dumps({n: [r.to_dict() for r in rs] for n, rs in results.items()}, indent=2))
         return

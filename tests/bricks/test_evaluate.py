@@ -106,18 +106,23 @@ def test_steering_variant_forms(tiny_host):
     assert torch.allclose(mean.neurons[3].offset, torch.full((2,), 0.5))
 
 
-def test_generated_positions_only_leave_the_prompt_alone(tiny_host):
+def test_steering_positions(tiny_host):
+    """generated: only one-token (decode) forwards change; prompt: only the multi-token prefill."""
     v = steering_variant(_brick(tiny_host), "fr", "diff", k=5.0)
     ids = tiny_host.tokenizer(TINY_TEXT[0], return_tensors="pt").input_ids
     with torch.no_grad():
-        plain = tiny_host.model(ids).logits
+        plain, plain_step = tiny_host.model(ids).logits, tiny_host.model(ids[:, :1]).logits
         with steered(tiny_host, [v], "generated"):
             prompt = tiny_host.model(ids).logits
             step = tiny_host.model(ids[:, :1]).logits
         with steered(tiny_host, [v], "all"):
             everywhere = tiny_host.model(ids).logits
+        with steered(tiny_host, [v], "prompt"):
+            prompt_only = tiny_host.model(ids).logits
+            step_unchanged = tiny_host.model(ids[:, :1]).logits
     assert torch.equal(prompt, plain) and not torch.equal(everywhere, plain)
-    assert not torch.equal(step, plain[:, :1])
+    assert not torch.equal(step, plain_step)
+    assert torch.equal(prompt_only, everywhere) and torch.equal(step_unchanged, plain_step)
 
 
 def _write_corpus(path):

@@ -18,7 +18,7 @@ from bricks.extract.emergent import _cap_tokens, _held_out_check, down_norms, ex
 from bricks.format import neuron_brick
 from bricks.profile import chunk_corpus, profile_corpus
 
-pytestmark = pytest.mark.real
+pytestmark = [pytest.mark.real, pytest.mark.slow]
 TOP_PCT = 0.5
 EVAL_TOKENS = 1500  # per label, test split
 
