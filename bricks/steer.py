@@ -4,11 +4,22 @@ A label brick stores its neurons' mean h on every label (`NeuronSet.label_means`
 into a steering brick (DESIGN.md):
 - form ``diff``: gain 1, offset k * (mean on target - mean on the dominant language);
 - form ``mean``: gain 0, offset k * mean on target (the neurons are clamped to a scaled target mean).
-`steering_variant` builds either, optionally on a subset of layers. `steered(...)` applies a brick
-through the reference hooks at every position or at generated positions only (the prompt is read
-unchanged). `steer_sweep` measures settings on greedy generations from dominant-language prompts:
-the share of target-language words (`language_shares`), repetition (`repetition`), fluency (the
-unmodified host's perplexity of the generated text) and the dominant language's perplexity cost.
+`steering_variant` builds either, optionally on a subset of layers. `steered(host, bricks, positions)`
+applies a variant at every position, at generated tokens only, or only while the prompt is read; a
+`Setting` may use one variant for the prompt and another for generated tokens ("staged").
+
+`steer_sweep` measures settings on greedy replies to dominant-language prompts: the share of
+target-language words (`language_shares`), repetition (`repetition`), known words (`known_word_rate`),
+fluency (the unmodified host's perplexity of the replies) and the dominant language's perplexity under
+the generation-time and the prompt-time variant.
+
+Measured on SmolLM2-135M with the FuncScore French brick (230 neurons), 10 English prompts, 48 tokens:
+the same variant everywhere switches to French only where it also breaks it (diff k=1: 100% French
+words, repeated-3-gram rate 0.39, reply PPL 10.6, English PPL x2.1); generated tokens only barely
+steer (the English prompt wins); clamping the neurons to 2x the French mean while the prompt is read
+and adding 0.3x the French-English difference while generating ("mean:2/diff:0.3") gave 100% French
+words, repetition 0.31, reply PPL 6.8 at an English PPL cost of the generation-time variant of x1.06.
+The model's own French (prompted in French) is no better: repetition ~0.35 and many broken words.
 """
 
 from __future__ import annotations
@@ -16,7 +27,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass
 
 import torch
@@ -228,19 +239,46 @@ def text_perplexity(host, texts: list[str]) -> float:
     return label_perplexity(host, corpus)["gen"] if corpus else float("nan")
 
 
+@dataclass(frozen=True)
+class Setting:
+    """One steering setting: the variant applied while the prompt is read and the one applied at generated
+    tokens, each (form, k) or None; `all` positions is the same variant in both."""
+
+    prompt: tuple[str, float] | None
+    generated: tuple[str, float] | None
+    layers: str = "all"
+
+    @staticmethod
+    def describe(part: tuple[str, float] | None) -> str:
+        return "-" if part is None else f"{part[0]} k={part[1]:g}"
+
+
+def grid(forms, ks, positions=POSITIONS, layer_names=("all",)) -> list[Setting]:
+    """Every form x k x positions x layer set, the same variant at the chosen positions."""
+    out = []
+    for form in forms:
+        for k in ks:
+            for lname in layer_names:
+                for pos in positions:
+                    part = (form, float(k))
+                    out.append(Setting(part if pos in ("all", "prompt") else None,
+                                       part if pos in ("all", "generated") else None, lname))
+    return out
+
+
 @dataclass
 class SteerResult:
-    form: str
-    k: float
-    positions: str
+    prompt: str  # variant while the prompt is read ("-": none)
+    generated: str  # variant at generated tokens
     layers: str
     target_share: float  # share of identifiable words in the target language (mean over prompts)
     dominant_share: float
-    coverage: float
+    coverage: float  # identifiable / all words
     repetition: float  # repeated 3-gram rate (mean over prompts)
     known_words: float  # share of words found in the target + dominant corpora's vocabulary
     gen_ppl: float  # unmodified host's perplexity of the generations (fluency)
-    dominant_ppl_ratio: float  # dominant-language held-out PPL with the brick / without
+    dominant_ppl_ratio: float  # dominant-language PPL under the generation-time variant / without
+    prompt_variant_ppl_ratio: float  # the same for the prompt-time variant (what reading the prompt costs)
     sample: str
 
     def to_dict(self) -> dict:
@@ -268,63 +306,75 @@ def layer_sets(brick: Brick) -> dict[str, list[int] | None]:
     return out
 
 
-def steer_sweep(host, brick: Brick, target: str, dominant_corpus: Corpus, ks: list[float], forms=FORMS,
-                positions=POSITIONS, layers: dict[str, list[int] | None] | None = None, dominant: str = "en",
+class _Sweep:
+    """Generation and cost measurements for one brick, with the dominant-language costs cached per variant."""
+
+    def __init__(self, host, brick: Brick, target: str, dominant: str, dominant_corpus: Corpus,
+                 layers: dict[str, list[int] | None], vocab: set[str] | None):
+        self.host, self.brick, self.target, self.dominant = host, brick, target, dominant
+        self.corpus, self.layers, self.vocab = dominant_corpus, layers, vocab
+        self.base_ppl = label_perplexity(host, dominant_corpus)[dominant]
+        self.costs: dict = {}
+
+    def variant(self, part: tuple[str, float], lname: str) -> Brick:
+        return steering_variant(self.brick, self.target, part[0], part[1], self.dominant, self.layers[lname])
+
+    def cost(self, part: tuple[str, float] | None, lname: str) -> float:
+        """Teacher-forced dominant-language PPL with the variant at every position, over the unmodified PPL."""
+        if part is None:
+            return 1.0
+        if (part, lname) not in self.costs:
+            with steered(self.host, [self.variant(part, lname)], "all"):
+                ppl = label_perplexity(self.host, self.corpus)[self.dominant]
+            self.costs[part, lname] = ppl / self.base_ppl
+        return self.costs[part, lname]
+
+    def run(self, setting: Setting, prompts: list[str], max_new_tokens: int) -> SteerResult:
+        with ExitStack() as stack:
+            for part, pos in ((setting.prompt, "prompt"), (setting.generated, "generated")):
+                if part is not None:
+                    stack.enter_context(steered(self.host, [self.variant(part, setting.layers)], pos))
+            texts = generate(self.host, prompts, max_new_tokens)
+        return SteerResult(Setting.describe(setting.prompt), Setting.describe(setting.generated), setting.layers,
+                           gen_ppl=text_perplexity(self.host, texts),
+                           dominant_ppl_ratio=self.cost(setting.generated, setting.layers),
+                           prompt_variant_ppl_ratio=self.cost(setting.prompt, setting.layers), sample=texts[0][:160],
+                           **score_generations(texts, self.target, self.dominant, self.vocab))
+
+
+def steer_sweep(host, brick: Brick, target: str, dominant_corpus: Corpus, settings: list[Setting],
+                layers: dict[str, list[int] | None] | None = None, dominant: str = "en",
                 prompts: list[str] | None = None, max_new_tokens: int = 48, vocab: set[str] | None = None,
                 progress: bool = True) -> list[SteerResult]:
-    """Every (form, k, positions, layer set) setting, measured as described in the module docstring.
-
-    The dominant-language cost is the held-out perplexity of `dominant_corpus` with the variant applied at
-    every position (what reading or writing the dominant language under the brick costs), divided by
-    the unmodified perplexity; it does not depend on `positions`."""
+    """Measure every setting (see `grid`; `layers` maps the settings' layer-set names to layers) on greedy
+    replies to dominant-language `prompts`; the first row is the unsteered host."""
     from tqdm.auto import tqdm
 
-    prompts = prompts or DEFAULT_PROMPTS
-    layers = layers if layers is not None else {"all": None}
-    base_ppl = label_perplexity(host, dominant_corpus)[dominant]
-    grid = [(f, k, ln, pos) for f in forms for k in ks for ln in layers for pos in positions]
-    out, cost_cache = [], {}
-    for form, k, lname, pos in tqdm(grid, desc="steering settings", disable=not progress):
-        variant = steering_variant(brick, target, form, k, dominant, layers[lname])
-        with steered(host, [variant], pos):
-            texts = generate(host, prompts, max_new_tokens)
-        if (form, k, lname) not in cost_cache:
-            with steered(host, [variant], "all"):
-                cost_cache[form, k, lname] = label_perplexity(host, dominant_corpus)[dominant] / base_ppl
-        scores = score_generations(texts, target, dominant, vocab)
-        out.append(SteerResult(form, k, pos, lname, gen_ppl=text_perplexity(host, texts),
-                               dominant_ppl_ratio=cost_cache[form, k, lname], sample=texts[0][:160], **scores))
-    return out
+    sweep = _Sweep(host, brick, target, dominant, dominant_corpus, layers or {"all": None}, vocab)
+    settings = [Setting(None, None, "-")] + list(settings)
+    return [sweep.run(s, prompts or DEFAULT_PROMPTS, max_new_tokens)
+            for s in tqdm(settings, desc="steering settings", disable=not progress)]
 
 
-def unsteered(host, target: str, dominant: str = "en", prompts: list[str] | None = None,
-              max_new_tokens: int = 48, vocab: set[str] | None = None) -> SteerResult:
-    """The baseline row: the host's own replies."""
-    texts = generate(host, prompts or DEFAULT_PROMPTS, max_new_tokens)
-    return SteerResult("none", 0.0, "-", "-", gen_ppl=text_perplexity(host, texts), dominant_ppl_ratio=1.0,
-                       sample=texts[0][:160], **score_generations(texts, target, dominant, vocab))
-
-
-def best_setting(results: list[SteerResult], max_repetition: float = 0.3, max_cost: float = 2.0,
+def best_setting(results: list[SteerResult], max_repetition: float = 0.35, max_cost: float = 1.5,
                  ) -> SteerResult | None:
-    """Most target-language words among settings that stay fluent enough (repetition and cost bounds);
-    ties go to the lower dominant-language cost."""
+    """Most target-language words among settings within a repetition and generation-time cost bound;
+    ties (to 5 points) go to more known words."""
     ok = [r for r in results if r.repetition <= max_repetition and r.dominant_ppl_ratio <= max_cost]
-    return max(ok, key=lambda r: (round(r.target_share, 2), -r.dominant_ppl_ratio), default=None)
+    return max(ok, key=lambda r: (round(20 * r.target_share), r.known_words), default=None)
 
 
 def render_steer_table(results: list[SteerResult], title: str = "steering"):
     from rich.table import Table
 
     t = Table(title=title)
-    for col in ("form", "k", "positions", "layers", "target %", "dominant %", "known %", "repeat3", "gen PPL",
-                "dom PPL x", "sample"):
+    for col in ("prompt", "generated", "layers", "target %", "dominant %", "known %", "repeat3", "gen PPL",
+                "dom PPL x (gen)", "dom PPL x (prompt)", "sample"):
         t.add_column(col, overflow="fold")
     for r in results:
-        t.add_row(r.form, f"{r.k:g}", r.positions, r.layers, f"{100 * r.target_share:.0f}",
-                  f"{100 * r.dominant_share:.0f}", _g(100 * r.known_words, ".0f"), f"{r.repetition:.2f}",
-                  _g(r.gen_ppl), f"{r.dominant_ppl_ratio:.2f}",
-                  r.sample[:70].replace("\n", " "))
+        t.add_row(r.prompt, r.generated, r.layers, f"{100 * r.target_share:.0f}", f"{100 * r.dominant_share:.0f}",
+                  _g(100 * r.known_words, ".0f"), f"{r.repetition:.2f}", _g(r.gen_ppl),
+                  f"{r.dominant_ppl_ratio:.2f}", f"{r.prompt_variant_ppl_ratio:.2f}", r.sample[:60].replace("\n", " "))
     return t
 
 

@@ -149,6 +149,8 @@ def _num(v) -> str:
 @click.option("--forms", default="diff,mean", show_default=True, help="Steering forms: diff, mean.")
 @click.option("--positions", default="all,generated,prompt", show_default=True,
               help="Where the variant acts: all, generated (decode steps only), prompt (prefill only).")
+@click.option("--staged", "split_steer", default="mean:2/diff:0.3", show_default=True,
+              help="Extra settings: a variant while the prompt is read / another at generated tokens.")
 @click.option("--layers", "layer_mode", type=click.Choice(["all", "halves"]), default="all", show_default=True,
               help="Steer with all of a brick's layers, or also with its lower and upper half separately.")
 @click.option("--max-new-tokens", type=int, default=48, show_default=True)
@@ -157,7 +159,7 @@ def _num(v) -> str:
 @click.pass_context
 def eval_cmd(ctx: click.Context, refs: tuple[str, ...], data: tuple[str, ...], split: str, random_sets: int,
              as_json: bool, heatmap: str | None, steer: bool, target: str | None, dominant: str, ks: str, forms: str,
-             positions: str, layer_mode: str, max_new_tokens: int, host_spec: str | None,
+             positions: str, split_steer: str, layer_mode: str, max_new_tokens: int, host_spec: str | None,
              registry_path: str | None) -> None:
     """Evaluate bricks REF...: ΔPPL per label vs random neuron sets, or (--steer) steering variants."""
     from bricks.host import load_host
@@ -173,8 +175,9 @@ def eval_cmd(ctx: click.Context, refs: tuple[str, ...], data: tuple[str, ...], s
         from bricks.steer import word_vocab
 
         vocab = word_vocab(full.by_label(target or "")) | word_vocab(full.by_label(dominant))
-        _run_steer(host, bricks, corpus, target, dominant, ks, forms, positions, layer_mode, max_new_tokens, vocab,
-                   as_json)
+        opts = {"forms": forms, "ks": ks, "positions": positions, "layer_mode": layer_mode, "split": split_steer,
+                "max_new_tokens": max_new_tokens}
+        _run_steer(host, bricks, corpus, target, dominant, opts, vocab, as_json)
         return
     from bricks.evaluate import heatmap_png, render_table, selectivity_report
 
@@ -234,23 +237,41 @@ def _choices(text: str, allowed: tuple[str, ...], what: str) -> list[str]:
     return got
 
 
-def _run_steer(host, bricks, corpus, target, dominant, ks, forms, positions, layer_mode, max_new_tokens, vocab,
-               as_json) -> None:
-    from bricks.steer import FORMS, POSITIONS, layer_sets, render_steer_table, steer_sweep, unsteered
+def _split_settings(text: str) -> list:
+    """`--staged mean:2/diff:0.3,...`: a prompt-time variant / a generation-time variant per setting."""
+    from bricks.steer import FORMS, Setting
+
+    out = []
+    for item in filter(None, (x.strip() for x in text.split(","))):
+        try:
+            parts = [p.split(":") for p in item.split("/")]
+            (pf, pk), (gf, gk) = parts
+            if pf not in FORMS or gf not in FORMS:
+                raise ValueError
+            out.append(Setting((pf, float(pk)), (gf, float(gk))))
+        except ValueError:
+            raise InvalidInputError(f"--staged {item!r} is not FORM:K/FORM:K",
+                                    "write e.g. --staged mean:2/diff:0.3 (prompt / generation variant)") from None
+    return out
+
+
+def _run_steer(host, bricks, corpus, target, dominant, opts: dict, vocab, as_json) -> None:
+    from bricks.steer import FORMS, POSITIONS, grid, layer_sets, render_steer_table, steer_sweep
 
     if not target:
         raise InvalidInputError("--steer needs --target", "name the label to steer toward, e.g. --target fr")
     if dominant not in corpus.labels():
         raise InvalidInputError(f"the evaluation data has no {dominant!r} text for the perplexity cost",
                                 "pass --data with that label or set --dominant")
+    forms = _choices(opts["forms"], FORMS, "forms")
+    positions = _choices(opts["positions"], POSITIONS, "positions")
     results = {}
     for brick in bricks:
-        layers = layer_sets(brick) if layer_mode == "halves" else None
-        base = unsteered(host, target, dominant, max_new_tokens=max_new_tokens, vocab=vocab)
-        results[brick.name] = [base] + steer_sweep(
-            host, brick, target, corpus.by_label(dominant), ks=_floats(ks, "k"),
-            forms=_choices(forms, FORMS, "forms"), positions=_choices(positions, POSITIONS, "positions"),
-            layers=layers, dominant=dominant, max_new_tokens=max_new_tokens, vocab=vocab, progress=not as_json)
+        layers = layer_sets(brick) if opts["layer_mode"] == "halves" else {"all": None}
+        settings = grid(forms, _floats(opts["ks"], "k"), positions, tuple(layers)) + _split_settings(opts["split"])
+        results[brick.name] = steer_sweep(host, brick, target, corpus.by_label(dominant), settings, layers=layers,
+                                          dominant=dominant, max_new_tokens=opts["max_new_tokens"], vocab=vocab,
+                                          progress=not as_json)
     if as_json:
         click.echo(json.dumps({n: [r.to_dict() for r in rs] for n, rs in results.items()}, indent=2))
         return

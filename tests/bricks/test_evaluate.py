@@ -151,10 +151,11 @@ def test_cli_extract_publishes_and_eval_reports(tiny_host_dir, tmp_path):
     assert [b["own"] for b in rep["bricks"]] == ["fr", "de"] and len(rep["bricks"][0]["random"]) == 2
     r = run(eval_cmd, ["t-fr", "--host", str(tiny_host_dir), "--data", str(data), "--registry", str(reg), "--steer",
                        "--target", "fr", "--k", "1", "--forms", "diff", "--positions", "all,generated",
-                       "--max-new-tokens", "3", "--json"])
+                       "--staged", "mean:2/diff:0.5", "--max-new-tokens", "3", "--json"])
     assert r.exit_code == 0, r.output
     rows = json.loads(r.stdout)["t-fr"]
-    assert [(x["form"], x["positions"]) for x in rows] == [("none", "-"), ("diff", "all"), ("diff", "generated")]
+    assert [(x["prompt"], x["generated"]) for x in rows] == [("-", "-"), ("diff k=1", "diff k=1"), ("-", "diff k=1"),
+                                                             ("mean k=2", "diff k=0.5")]
     assert all(0 <= x["target_share"] <= 1 and x["dominant_ppl_ratio"] > 0 for x in rows)
 
 

@@ -20,7 +20,8 @@ from bricks.profile import chunk_corpus, profile_corpus
 
 pytestmark = [pytest.mark.real, pytest.mark.slow]
 TOP_PCT = 0.5
-EVAL_TOKENS = 1500  # per label, test split
+EVAL_TOKENS = 1000  # per label, test split
+CHECK_TOKENS = 600  # per label, the extractor's own held-out check (only its verdict is used here)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -47,7 +48,7 @@ def setup(real_host):
                 "half_a": cells[True, True].merge(cells[False, True]),
                 "half_b": cells[True, False].merge(cells[False, False])}
     ex = extract_emergent(real_host, rest, name="lang", top_pct=TOP_PCT, profile=profiles["train"], force=True,
-                          eval_tokens=EVAL_TOKENS, progress=False)
+                          eval_tokens=CHECK_TOKENS, progress=False)
     test_chunks = _cap_tokens(chunk_corpus(test, real_host.tokenizer), real_host.tokenizer, EVAL_TOKENS)
     report = selectivity_report(real_host, test_chunks, ex.bricks, random_sets=5, random_labels="own",
                                 progress=False)
@@ -108,3 +109,16 @@ def test_stability_across_disjoint_halves(real_host, setup):
         kb = {(layer, i) for layer, ix in sb.items() for i in ix.tolist()}
         jac = len(ka & kb) / len(ka | kb)
         assert jac >= (0.5 if label in ("fr", "de") else 0.3), (label, jac)
+
+
+def test_staged_steering_switches_english_prompts_to_french(real_host, setup):
+    """Clamp the French neurons to 2x their French mean while the prompt is read, nudge them by 0.3x the
+    French-English difference while generating (the best setting of the sweep, see bricks/steer.py)."""
+    from bricks.steer import DEFAULT_PROMPTS, Setting, steer_sweep
+
+    (fr,) = [b for b in setup["extraction"].bricks if b.meta.routing.label == "fr"]
+    en = Corpus(d for d in setup["test"] if d.label == "en")
+    plain, staged = steer_sweep(real_host, fr, "fr", en, [Setting(("mean", 2.0), ("diff", 0.3))],
+                                prompts=DEFAULT_PROMPTS[:4], max_new_tokens=24, progress=False)
+    assert plain.target_share < 0.2 and staged.target_share >= 0.8, staged
+    assert staged.dominant_ppl_ratio < 1.3, staged
