@@ -10,7 +10,7 @@ Stable API (extractors build on it)::
                           checkpoint=None, save_every=0, progress=True)
     prof.labels            list[str], sorted; label i is row i of every [n_labels, ...] tensor
     prof.tokens            int64   [n_labels]              tokens counted per label
-    prof.active            float64 [n_labels, L, d_ff]     tokens with gate pre-activation > 0
+    prof.active            float64 [n_labels, L, d_ff]     tokens with gate pre-activation > 0 (an exact 0.0 counts 1/2)
     prof.abs_sum           float64 [n_labels, L, d_ff]     sum of |h|
     prof.h_sum             float64 [n_labels, L, d_ff]     sum of h
     prof.sq_sum            float64 [n_labels, L, d_ff]     sum of h^2

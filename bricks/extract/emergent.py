@@ -27,8 +27,6 @@ from bricks.format import Brick, neuron_brick
 from bricks.profile import Profile, chunk_corpus, profile_corpus
 
 METHODS = ("auto", "funcscore", "lape", "combined")
-# Labels treated as natural languages (LAPE applies); anything else (code, math...) is a domain.
-LANGUAGE_LABELS = frozenset("en fr de es it pt nl sv da no fi pl cs ru uk zh ja ko ar he tr el hu ro vi id".split())
 _AP_CHUNK = 8192  # neurons per sort when computing average precision
 
 
@@ -153,7 +151,7 @@ def example_texts(corpus: Corpus, label: str, n: int = 4, chars: int = 300) -> l
 
 
 # --- the extractor ---------------------------------------------------------------------------------------
-def _cap_tokens(corpus: Corpus, tokenizer, per_label: int | None) -> Corpus:
+def cap_tokens(corpus: Corpus, tokenizer, per_label: int | None) -> Corpus:
     """At most ~`per_label` tokens of each label (deterministic by content hash), to bound evaluation time."""
     if not per_label:
         return corpus
@@ -168,7 +166,7 @@ def _cap_tokens(corpus: Corpus, tokenizer, per_label: int | None) -> Corpus:
     return out
 
 
-def _held_out_check(own: str, delta: dict[str, float], min_selectivity: float, min_own: float) -> tuple[dict, str]:
+def held_out_check(own: str, delta: dict[str, float], min_selectivity: float, min_own: float) -> tuple[dict, str]:
     """Metrics of one candidate and, if it should not be published as a label brick, why."""
     others = {k: v for k, v in delta.items() if k != own}
     mean_other = sum(others.values()) / max(len(others), 1)
@@ -227,7 +225,7 @@ def extract_emergent(host, corpus: Corpus, *, name: str, method: str = "auto", t
     held_chunks = chunk_corpus(held, host.tokenizer, max_len)
     prof = _train_profile(host, train, Corpus(list(held) + list(held_chunks)), profile, checkpoint, max_len,
                           batch_tokens, progress)
-    held_chunks = _cap_tokens(held_chunks, host.tokenizer, eval_tokens)
+    held_chunks = cap_tokens(held_chunks, host.tokenizer, eval_tokens)
     base = label_perplexity(host, held_chunks, batch_tokens=batch_tokens, max_len=max_len) if held else {}
     w_norm = down_norms(host)
     common = {"method": method, "top_pct": top_pct, "held_out": held_out, "split_seed": seed, "max_len": max_len,
@@ -268,6 +266,6 @@ def _judge(host, brick: Brick, lab: str, held: Corpus, base: dict, min_selectivi
     if lab not in base:
         return {"rejected": f"no held-out {lab} text to check it on (add {lab} documents or raise held_out)"}
     ppl = label_perplexity(host, held, [BrickUse(brick)], batch_tokens=batch_tokens, max_len=max_len)
-    metrics, why = _held_out_check(lab, delta_pct(ppl, base), min_selectivity, min_own)
+    metrics, why = held_out_check(lab, delta_pct(ppl, base), min_selectivity, min_own)
     brick.meta.metrics["held_out"] = metrics
     return {"held_out": metrics, **({"rejected": why} if why else {})}

@@ -9,10 +9,10 @@ from bricks.corpus import Corpus, Doc
 from bricks.errors import InvalidInputError
 from bricks.extract import get_extractor
 from bricks.extract.emergent import (
-    _held_out_check,
     average_precision,
     extract_emergent,
     funcscore,
+    held_out_check,
     lape_entropy,
     select_neurons,
 )
@@ -83,11 +83,11 @@ def test_select_neurons(method, want):
 
 
 def test_held_out_check_flags_general_and_ineffective_bricks():
-    ok, why = _held_out_check("fr", {"fr": 150.0, "en": 2.0, "de": 4.0}, 3.0, 5.0)
+    ok, why = held_out_check("fr", {"fr": 150.0, "en": 2.0, "de": 4.0}, 3.0, 5.0)
     assert why == "" and ok["own_over_other"] == pytest.approx(50.0)
-    _, why = _held_out_check("en", {"en": 40.0, "fr": 30.0, "de": 35.0}, 3.0, 5.0)
+    _, why = held_out_check("en", {"en": 40.0, "fr": 30.0, "de": 35.0}, 3.0, 5.0)
     assert why.startswith("general")
-    _, why = _held_out_check("en", {"en": 1.0, "fr": 0.0, "de": 0.0}, 3.0, 5.0)
+    _, why = held_out_check("en", {"en": 1.0, "fr": 0.0, "de": 0.0}, 3.0, 5.0)
     assert "barely" in why
 
 

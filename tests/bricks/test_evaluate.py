@@ -16,6 +16,7 @@ from bricks.evaluate import (
     random_like,
     render_table,
     selectivity_report,
+    stability,
 )
 from bricks.format import neuron_brick
 from bricks.steer import language_shares, repetition, steered, steering_variant
@@ -85,6 +86,12 @@ def test_selectivity_report_shapes(tiny_host, corpus, tmp_path):
     own_only = selectivity_report(tiny_host, corpus, [_brick(tiny_host)], random_sets=2, random_labels="own",
                                   progress=False)
     assert all(set(r) == {"fr"} for r in own_only.bricks[0].random)
+
+
+def test_stability_reextracts_on_two_halves(tiny_host, corpus):
+    got = stability(tiny_host, Corpus(list(corpus) * 1 + [Doc(d.text + " again", d.label) for d in corpus]),
+                    top_pct=5.0, progress=False)
+    assert set(got) == set(corpus.labels()) and all(0.0 <= v <= 1.0 for v in got.values())
 
 
 def test_language_scorer():

@@ -14,7 +14,7 @@ import torch
 from bricks.compose import BrickUse
 from bricks.corpus import Corpus, load_corpus
 from bricks.evaluate import delta_pct, label_perplexity, selectivity_report
-from bricks.extract.emergent import _cap_tokens, _held_out_check, down_norms, extract_emergent, select_neurons
+from bricks.extract.emergent import cap_tokens, down_norms, extract_emergent, held_out_check, select_neurons
 from bricks.format import neuron_brick
 from bricks.profile import chunk_corpus, profile_corpus
 
@@ -49,7 +49,7 @@ def setup(real_host):
                 "half_b": cells[True, False].merge(cells[False, False])}
     ex = extract_emergent(real_host, rest, name="lang", top_pct=TOP_PCT, profile=profiles["train"], force=True,
                           eval_tokens=CHECK_TOKENS, progress=False)
-    test_chunks = _cap_tokens(chunk_corpus(test, real_host.tokenizer), real_host.tokenizer, EVAL_TOKENS)
+    test_chunks = cap_tokens(chunk_corpus(test, real_host.tokenizer), real_host.tokenizer, EVAL_TOKENS)
     report = selectivity_report(real_host, test_chunks, ex.bricks, random_sets=5, random_labels="own",
                                 progress=False)
     return {"profiles": profiles, "extraction": ex, "report": report, "test": test_chunks}
@@ -86,7 +86,7 @@ def test_general_check_catches_a_non_selective_brick(real_host, setup):
     general = neuron_brick("general", real_host.ref, layers, gain=0.0)
     test = setup["test"]
     delta = delta_pct(label_perplexity(real_host, test, [BrickUse(general)]), setup["report"].baseline)
-    _, why = _held_out_check("en", delta, min_selectivity=3.0, min_own=5.0)
+    _, why = held_out_check("en", delta, min_selectivity=3.0, min_own=5.0)
     assert why.startswith("general"), delta
 
 
