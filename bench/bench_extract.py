@@ -1,6 +1,6 @@
 """Benchmark: activation-profiling throughput vs the plain forward pass, and emergent extraction wall time.
 
-    python bench/bench_extract.py [--threads 2] [--skip-extract] [--docs N]
+    python bench/bench_extract.py [--threads 2] [--skip-extract] [--docs N] [--throughput-every N]
 
 Prints one JSON object:
 - throughput_ratio: plain forward time / profiling time on the same batches (target >= 0.8). The
@@ -57,6 +57,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--docs", type=int, default=0, help="Use every n-th document only (quick runs).")
+    ap.add_argument("--throughput-every", type=int, default=4,
+                    help="Time throughput on every n-th document of the (used) corpus; each pass is timed.")
     ap.add_argument("--skip-extract", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -65,7 +67,7 @@ def main() -> None:
     if args.docs:
         corpus = Corpus(corpus[:: args.docs])
     out = {"threads": args.threads, "load_avg_before": [round(x, 2) for x in os.getloadavg()]}
-    out.update(throughput(host, chunk_corpus(corpus, host.tokenizer)))
+    out.update(throughput(host, chunk_corpus(Corpus(corpus[:: args.throughput_every]), host.tokenizer)))
     if not args.skip_extract:
         t = time.perf_counter()
         ex = extract_emergent(host, corpus, name="bench", progress=False)

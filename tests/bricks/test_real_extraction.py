@@ -11,17 +11,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bricks.compose import BrickUse
+from bricks.audit import audit_emergent
 from bricks.corpus import Corpus, load_corpus
-from bricks.evaluate import delta_pct, label_perplexity, selectivity_report
-from bricks.extract.emergent import cap_tokens, down_norms, extract_emergent, held_out_check, select_neurons
-from bricks.format import neuron_brick
-from bricks.profile import chunk_corpus, profile_corpus
 
 pytestmark = [pytest.mark.real, pytest.mark.slow]
 TOP_PCT = 0.5
-EVAL_TOKENS = 1000  # per label, test split
-CHECK_TOKENS = 600  # per label, the extractor's own held-out check (only its verdict is used here)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -33,26 +27,13 @@ def _two_threads():
 
 
 @pytest.fixture(scope="module")
-def setup(real_host):
-    corpus = load_corpus("builtin")
-    rest, test = corpus.split(0.2, seed=2024)
-    train, _ = rest.split(0.2, seed=0)  # the extractor's own split of `rest`
-    half_a = {d.key() for d in corpus.halves(seed=1)[0]}
-    train_keys = {d.key() for d in train}
-    cells = {}
-    for in_train in (True, False):
-        for in_a in (True, False):
-            docs = Corpus(d for d in corpus if (d.key() in train_keys) == in_train and (d.key() in half_a) == in_a)
-            cells[in_train, in_a] = profile_corpus(real_host, chunk_corpus(docs, real_host.tokenizer), progress=False)
-    profiles = {"train": cells[True, True].merge(cells[True, False]),
-                "half_a": cells[True, True].merge(cells[False, True]),
-                "half_b": cells[True, False].merge(cells[False, False])}
-    ex = extract_emergent(real_host, rest, name="lang", top_pct=TOP_PCT, profile=profiles["train"], force=True,
-                          eval_tokens=CHECK_TOKENS, progress=False)
-    test_chunks = cap_tokens(chunk_corpus(test, real_host.tokenizer), real_host.tokenizer, EVAL_TOKENS)
-    report = selectivity_report(real_host, test_chunks, ex.bricks, random_sets=5, random_labels="own",
-                                progress=False)
-    return {"profiles": profiles, "extraction": ex, "report": report, "test": test_chunks}
+def audit(real_host):
+    return audit_emergent(real_host, load_corpus("builtin"), top_pct=TOP_PCT)
+
+
+@pytest.fixture(scope="module")
+def setup(audit):
+    return {"extraction": audit.extraction, "report": audit.report, "test": audit.test}
 
 
 def _summary(setup, label: str) -> dict:
@@ -77,17 +58,10 @@ def test_domain_bricks_meet_the_bars(setup, label):
     assert s["own"] >= 5 * max(s["random_own"], 0.1), s
 
 
-def test_general_check_catches_a_non_selective_brick(real_host, setup):
-    """Neurons with the largest mean |h| over all text: every label needs them."""
-    prof = setup["profiles"]["train"]
-    k = round(TOP_PCT / 100 * prof.n_layers * prof.d_ff)
-    flat = prof.mean_abs().mean(0).flatten().topk(k).indices
-    layers = {int(layer): flat[flat // prof.d_ff == layer] % prof.d_ff for layer in (flat // prof.d_ff).unique()}
-    general = neuron_brick("general", real_host.ref, layers, gain=0.0)
-    test = setup["test"]
-    delta = delta_pct(label_perplexity(real_host, test, [BrickUse(general)]), setup["report"].baseline)
-    _, why = held_out_check("en", delta, min_selectivity=3.0, min_own=5.0)
-    assert why.startswith("general"), delta
+def test_general_check_catches_non_selective_bricks(audit):
+    """The busiest neurons (largest mean |h| over all text) and LAPE's English neurons hurt every label."""
+    for name, control in audit.controls.items():
+        assert control["verdict"].startswith("general"), (name, control)
 
 
 def test_extraction_records_what_steering_and_routing_need(setup):
@@ -98,16 +72,9 @@ def test_extraction_records_what_steering_and_routing_need(setup):
         assert all(s.label_means is not None and (s.gain == 0).all() for s in b.neurons.values())
 
 
-def test_stability_across_disjoint_halves(real_host, setup):
-    a, b = setup["profiles"]["half_a"], setup["profiles"]["half_b"]
-    assert int(a.tokens.min()) >= 10_000 and int(b.tokens.min()) >= 10_000
-    norms = down_norms(real_host)
-    for label in a.labels:
-        sa, _ = select_neurons(a, label, "funcscore", TOP_PCT, norms)
-        sb, _ = select_neurons(b, label, "funcscore", TOP_PCT, norms)
-        ka = {(layer, i) for layer, ix in sa.items() for i in ix.tolist()}
-        kb = {(layer, i) for layer, ix in sb.items() for i in ix.tolist()}
-        jac = len(ka & kb) / len(ka | kb)
+def test_stability_across_disjoint_halves(audit):
+    assert min(min(t) for t in audit.half_tokens.values()) >= 10_000, audit.half_tokens
+    for label, jac in audit.stability.items():
         assert jac >= (0.5 if label in ("fr", "de") else 0.3), (label, jac)
 
 

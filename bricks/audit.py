@@ -1,0 +1,115 @@
+"""The emergent-brick audit: selectivity, stability and the general check, on text the extractor never saw.
+
+`audit_emergent(host, corpus)` is the protocol behind issue 8's bars, callable on any host and labelled
+corpus (the slow test and `bench/bench_bars.py` run it on SmolLM2 and the shipped corpora):
+
+1. a test split (`test_frac` of the documents, by content hash) is set aside; nothing below selects
+   neurons or judges candidates on it;
+2. one profiling pass over the whole corpus, in four cells (extractor-train / not x half A / half B),
+   gives the extractor's training profile and the profiles of two disjoint corpus halves: profiling
+   is the expensive part, so it runs once;
+3. `extract_emergent` on the rest (its own held-out check decides published vs general, `force` keeps
+   every candidate so all are measured);
+4. selectivity on the test split: ΔPPL% per label for every brick and `random_sets` random same-shape
+   sets (`bricks.evaluate.selectivity_report`);
+5. stability: each label's brick selected on half A and on half B, Jaccard overlap;
+6. controls for the general check: bricks that should be caught as general (the neurons with the largest
+   mean |h| over all text, and the LAPE brick of the dominant language), judged by the same check.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from bricks.compose import BrickUse
+from bricks.corpus import Corpus
+from bricks.evaluate import SelectivityReport, delta_pct, label_perplexity, selectivity_report
+from bricks.extract import Extraction
+from bricks.extract.emergent import (
+    cap_tokens,
+    down_norms,
+    extract_emergent,
+    held_out_check,
+    make_brick,
+    select_neurons,
+)
+from bricks.profile import Profile, chunk_corpus, profile_corpus
+
+
+@dataclass
+class EmergentAudit:
+    extraction: Extraction
+    report: SelectivityReport  # on the test split
+    stability: dict[str, float]  # label -> Jaccard of the bricks selected on the two halves
+    half_tokens: dict[str, list[int]]  # label -> [tokens in half A, tokens in half B]
+    controls: dict[str, dict]  # name -> {"size", "delta_ppl_pct", "verdict"} of the general-check controls
+    profiles: dict[str, Profile] = field(repr=False, default_factory=dict)
+    test: Corpus = field(repr=False, default_factory=Corpus)
+
+    def to_dict(self) -> dict:
+        labels = self.extraction.report.get("labels", {})
+        return {"selectivity": self.report.to_dict(), "stability_jaccard": self.stability,
+                "half_tokens": self.half_tokens, "general_check_controls": self.controls,
+                "extractor_verdicts": {lab: v.get("rejected", "published") for lab, v in labels.items()},
+                "params": self.extraction.report.get("params", {})}
+
+
+def _four_cells(host, corpus: Corpus, train_keys: set[int], half_a: set[int], progress: bool) -> dict:
+    cells = {}
+    for in_train in (True, False):
+        for in_a in (True, False):
+            docs = Corpus(d for d in corpus if (d.key() in train_keys) == in_train and (d.key() in half_a) == in_a)
+            cells[in_train, in_a] = profile_corpus(host, chunk_corpus(docs, host.tokenizer), progress=progress)
+    return {"train": cells[True, True].merge(cells[True, False]),
+            "half_a": cells[True, True].merge(cells[False, True]),
+            "half_b": cells[True, False].merge(cells[False, False])}
+
+
+def _stability(host, a: Profile, b: Profile, top_pct: float) -> dict[str, float]:
+    norms = down_norms(host)
+    out = {}
+    for label in a.labels:
+        ka, kb = ({(layer, i) for layer, ix in select_neurons(p, label, "funcscore", top_pct, norms)[0].items()
+                   for i in ix.tolist()} for p in (a, b))
+        out[label] = len(ka & kb) / max(len(ka | kb), 1)
+    return out
+
+
+def _controls(host, train: Profile, test: Corpus, base: dict, top_pct: float, dominant: str) -> dict[str, dict]:
+    """Bricks a general check must catch, judged on the test split like any candidate."""
+    k = round(top_pct / 100 * train.n_layers * train.d_ff)
+    flat = train.mean_abs().mean(0).flatten().topk(k).indices
+    busiest = {int(layer): flat[flat // train.d_ff == layer] % train.d_ff for layer in (flat // train.d_ff).unique()}
+    candidates = {"top_mean_abs": busiest}
+    if dominant in train.labels:
+        candidates[f"lape_{dominant}"] = select_neurons(train, dominant, "lape", top_pct)[0]
+    out = {}
+    for name, layers in candidates.items():
+        brick = make_brick(host, train, dominant, layers, f"control-{name.replace('_', '-')}", [])
+        delta = delta_pct(label_perplexity(host, test, [BrickUse(brick)]), base)
+        _, why = held_out_check(dominant, delta, min_selectivity=3.0, min_own=5.0)
+        out[name] = {"size": brick.size(), "delta_ppl_pct": delta, "verdict": why or "published"}
+    return out
+
+
+def audit_emergent(host, corpus: Corpus, *, top_pct: float = 0.5, test_frac: float = 0.2, test_seed: int = 2024,
+                   eval_tokens: int = 1000, check_tokens: int = 600, random_sets: int = 5, dominant: str = "en",
+                   progress: bool = False) -> EmergentAudit:
+    """Run the protocol above. eval_tokens / check_tokens cap the test split / the extractor's own
+    held-out check per label (time); halves come from `Corpus.halves(seed=1)` of the whole corpus."""
+    rest, test = corpus.split(test_frac, seed=test_seed)
+    train, _ = rest.split(0.2, seed=0)  # the extractor's own split of `rest` (held_out=0.2, seed=0)
+    half_a = {d.key() for d in corpus.halves(seed=1)[0]}
+    profiles = _four_cells(host, corpus, {d.key() for d in train}, half_a, progress)
+    ex = extract_emergent(host, rest, name="lang", top_pct=top_pct, held_out=0.2, seed=0, profile=profiles["train"],
+                          force=True, eval_tokens=check_tokens, dominant=dominant, progress=progress)
+    test_chunks = cap_tokens(chunk_corpus(test, host.tokenizer), host.tokenizer, eval_tokens)
+    report = selectivity_report(host, test_chunks, ex.bricks, random_sets=random_sets, random_labels="own",
+                                progress=progress)
+    a, b = profiles["half_a"], profiles["half_b"]
+    return EmergentAudit(
+        extraction=ex, report=report, stability=_stability(host, a, b, top_pct),
+        half_tokens={lab: [int(a.tokens[i]), int(b.tokens[i])] for i, lab in enumerate(a.labels)},
+        controls=_controls(host, profiles["train"], test_chunks, report.baseline, top_pct, dominant),
+        profiles=profiles, test=test_chunks)
+
