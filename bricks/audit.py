@@ -75,34 +75,38 @@ def _stability(host, a: Profile, b: Profile, top_pct: float) -> dict[str, float]
     return out
 
 
-def _controls(host, train: Profile, test: Corpus, base: dict, top_pct: float, dominant: str) -> dict[str, dict]:
-    """Bricks a general check must catch, judged on the test split like any candidate."""
+def _controls(host, train: Profile, test: Corpus, base: dict, top_pct: float, dominant: str,
+              thresholds: dict[str, float]) -> dict[str, dict]:
+    """Bricks a general check must catch, judged on the test split like any candidate (as bricks of the
+    dominant language: without its text there is nothing to judge them as)."""
+    if dominant not in base or dominant not in train.labels:
+        return {}
     k = round(top_pct / 100 * train.n_layers * train.d_ff)
     flat = train.mean_abs().mean(0).flatten().topk(k).indices
     busiest = {int(layer): flat[flat // train.d_ff == layer] % train.d_ff for layer in (flat // train.d_ff).unique()}
-    candidates = {"top_mean_abs": busiest}
-    if dominant in train.labels:
-        candidates[f"lape_{dominant}"] = select_neurons(train, dominant, "lape", top_pct)[0]
+    candidates = {"top_mean_abs": busiest, f"lape_{dominant}": select_neurons(train, dominant, "lape", top_pct)[0]}
     out = {}
     for name, layers in candidates.items():
         brick = make_brick(host, train, dominant, layers, f"control-{name.replace('_', '-')}", [])
         delta = delta_pct(label_perplexity(host, test, [BrickUse(brick)]), base)
-        _, why = held_out_check(dominant, delta, min_selectivity=3.0, min_own=5.0)
+        _, why = held_out_check(dominant, delta, **thresholds)
         out[name] = {"size": brick.size(), "delta_ppl_pct": delta, "verdict": why or "published"}
     return out
 
 
 def audit_emergent(host, corpus: Corpus, *, top_pct: float = 0.5, test_frac: float = 0.2, test_seed: int = 2024,
                    eval_tokens: int = 1000, check_tokens: int = 600, random_sets: int = 5, dominant: str = "en",
-                   progress: bool = False) -> EmergentAudit:
+                   min_selectivity: float = 3.0, min_own: float = 5.0, progress: bool = False) -> EmergentAudit:
     """Run the protocol above. eval_tokens / check_tokens cap the test split / the extractor's own
-    held-out check per label (time); halves come from `Corpus.halves(seed=1)` of the whole corpus."""
+    held-out check per label (time; 0 = no cap); halves come from `Corpus.halves(seed=1)` of the whole
+    corpus; min_selectivity / min_own are the general check's thresholds (`extract_emergent`'s)."""
+    thresholds = {"min_selectivity": min_selectivity, "min_own": min_own}
     rest, test = corpus.split(test_frac, seed=test_seed)
     train, _ = rest.split(0.2, seed=0)  # the extractor's own split of `rest` (held_out=0.2, seed=0)
     half_a = {d.key() for d in corpus.halves(seed=1)[0]}
     profiles = _four_cells(host, corpus, {d.key() for d in train}, half_a, progress)
     ex = extract_emergent(host, rest, name="lang", top_pct=top_pct, held_out=0.2, seed=0, profile=profiles["train"],
-                          force=True, eval_tokens=check_tokens, dominant=dominant, progress=progress)
+                          force=True, eval_tokens=check_tokens, dominant=dominant, progress=progress, **thresholds)
     test_chunks = cap_tokens(chunk_corpus(test, host.tokenizer), host.tokenizer, eval_tokens)
     report = selectivity_report(host, test_chunks, ex.bricks, random_sets=random_sets, random_labels="own",
                                 progress=progress)
@@ -110,6 +114,6 @@ def audit_emergent(host, corpus: Corpus, *, top_pct: float = 0.5, test_frac: flo
     return EmergentAudit(
         extraction=ex, report=report, stability=_stability(host, a, b, top_pct),
         half_tokens={lab: [int(a.tokens[i]), int(b.tokens[i])] for i, lab in enumerate(a.labels)},
-        controls=_controls(host, profiles["train"], test_chunks, report.baseline, top_pct, dominant),
+        controls=_controls(host, profiles["train"], test_chunks, report.baseline, top_pct, dominant, thresholds),
         profiles=profiles, test=test_chunks)
 

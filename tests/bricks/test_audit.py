@@ -52,3 +52,9 @@ def test_report_covers_every_label_with_random_baselines(audit):
     d = audit.to_dict()
     assert set(d["extractor_verdicts"]) == set(LABELS) and d["params"]["top_pct"] == 5.0
 
+
+
+def test_no_controls_without_dominant_language_text(tiny_host, corpus):
+    got = audit_emergent(tiny_host, Corpus(d for d in corpus if d.label != "en"), top_pct=5.0, random_sets=0,
+                         eval_tokens=0)
+    assert got.controls == {} and sorted(got.stability) == ["code", "de", "fr", "math"]

@@ -60,6 +60,7 @@ def test_domain_bricks_meet_the_bars(setup, label):
 
 def test_general_check_catches_non_selective_bricks(audit):
     """The busiest neurons (largest mean |h| over all text) and LAPE's English neurons hurt every label."""
+    assert set(audit.controls) == {"top_mean_abs", "lape_en"}
     for name, control in audit.controls.items():
         assert control["verdict"].startswith("general"), (name, control)
 
