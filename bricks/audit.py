@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 from bricks.compose import BrickUse
 from bricks.corpus import Corpus
+from bricks.errors import InvalidInputError
 from bricks.evaluate import SelectivityReport, delta_pct, label_perplexity, selectivity_report
 from bricks.extract import Extraction
 from bricks.extract.emergent import (
@@ -101,7 +102,13 @@ def audit_emergent(host, corpus: Corpus, *, top_pct: float = 0.5, test_frac: flo
     held-out check per label (time; 0 = no cap); halves come from `Corpus.halves(seed=1)` of the whole
     corpus; min_selectivity / min_own are the general check's thresholds (`extract_emergent`'s)."""
     thresholds = {"min_selectivity": min_selectivity, "min_own": min_own}
+    if not 0 < test_frac < 1:
+        raise InvalidInputError(f"test_frac={test_frac} is not a fraction in (0, 1)", "use e.g. 0.2")
     rest, test = corpus.split(test_frac, seed=test_seed)
+    missing = [lab for lab in corpus.labels() if not test.by_label(lab) or not rest.by_label(lab)]
+    if missing:
+        raise InvalidInputError(f"labels {missing} have too few documents to split off a test set "
+                                f"({test_frac:g} of the documents)", "add documents of those labels or drop them")
     train, _ = rest.split(0.2, seed=0)  # the extractor's own split of `rest` (held_out=0.2, seed=0)
     half_a = {d.key() for d in corpus.halves(seed=1)[0]}
     profiles = _four_cells(host, corpus, {d.key() for d in train}, half_a, progress)

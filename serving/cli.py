@@ -447,9 +447,9 @@ def route(ctx: click.Context, manifest_path: str, prompt: str, as_json: bool) ->
 
 def _add_commands() -> None:
     from serving.commands.demo import demo_cmd
-    from serving.commands.extract import eval_cmd, extract_cmd
+    from serving.commands.extract import audit_cmd, eval_cmd, extract_cmd
 
-    for cmd in (extract_cmd, eval_cmd, demo_cmd):
+    for cmd in (extract_cmd, eval_cmd, audit_cmd, demo_cmd):
         cli.add_command(cmd)
 
 

@@ -1,7 +1,7 @@
-"""`brick extract` and `brick eval`: find bricks in a host and prove what they do.
+"""`brick extract`, `brick eval` and `brick audit`: find bricks in a host and prove what they do.
 
-Thin click layers over `bricks.extract`, `bricks.evaluate` and `bricks.steer`; wire them into the
-`brick` group with `cli.add_command(extract_cmd)` and `cli.add_command(eval_cmd)`. The registry is
+Thin click layers over `bricks.extract`, `bricks.evaluate`, `bricks.steer` and `bricks.audit`; wire them
+into the `brick` group with `cli.add_command(...)`. The registry is
 this command's `--registry`, else the root group's `--registry`, else $BRICK_REGISTRY / the user
 data dir (`registry.default_registry_path`).
 """
@@ -277,3 +277,51 @@ def _run_steer(host, bricks, corpus, target, dominant, opts: dict, vocab, as_jso
         return
     for name, rs in results.items():
         console.print(render_steer_table(rs, title=f"steering {name} toward {target}"))
+
+
+# --- audit ---------------------------------------------------------------------------------------------
+@click.command("audit", cls=_CleanErrors)
+@click.option("--host", "host_spec", default="smollm2-135m-instruct", show_default=True,
+              help="Built-in host name or a local HF model folder.")
+@click.option("--data", multiple=True, help="Labelled corpus: JSONL/text files or folders, or 'builtin' (default).")
+@click.option("--top-pct", type=float, default=0.5, show_default=True, help="Brick size, % of all FFN neurons.")
+@click.option("--test-frac", type=float, default=0.2, show_default=True, help="Test split the extractor never sees.")
+@click.option("--eval-tokens", type=int, default=1000, show_default=True,
+              help="Test tokens per label (0: the whole test split).")
+@click.option("--random-sets", type=int, default=5, show_default=True, help="Random same-shape sets per brick.")
+@click.option("--dominant", default="en", show_default=True, help="Dominant language (general-check controls).")
+@click.option("--json", "as_json", is_flag=True, help="Print the audit as JSON.")
+@click.option("--heatmap", type=click.Path(dir_okay=False), default=None, help="Write a ΔPPL heatmap PNG.")
+def audit_cmd(host_spec: str, data: tuple[str, ...], top_pct: float, test_frac: float, eval_tokens: int,
+              random_sets: int, dominant: str, as_json: bool, heatmap: str | None) -> None:
+    """Audit emergent extraction on a corpus: selectivity on unseen text, stability, general check.
+
+    Publishes nothing: it re-runs `brick extract emergent` under a test split and reports whether its
+    bricks are specific (vs other labels and random neuron sets) and stable (two disjoint halves)."""
+    from bricks.audit import audit_emergent
+    from bricks.evaluate import heatmap_png, render_table
+    from bricks.host import load_host
+
+    if random_sets < 0 or eval_tokens < 0:
+        raise InvalidInputError("--random-sets and --eval-tokens must be >= 0", "use e.g. --random-sets 5")
+    if not 0 < test_frac < 1:
+        raise InvalidInputError(f"--test-frac {test_frac} is not a fraction in (0, 1)", "use e.g. --test-frac 0.2")
+    corpus = _load_data(data)
+    host = load_host(host_spec)
+    audit = audit_emergent(host, corpus, top_pct=top_pct, test_frac=test_frac, eval_tokens=eval_tokens,
+                           random_sets=random_sets, dominant=dominant, progress=not as_json)
+    if heatmap:
+        heatmap_png(audit.report, heatmap)
+    if as_json:
+        click.echo(json.dumps(audit.to_dict(), indent=2, default=str))
+        return
+    console.print(render_table(audit.report))
+    t = Table("label", "Jaccard (two halves)", "tokens per half", "extractor's verdict")
+    verdicts = audit.to_dict()["extractor_verdicts"]
+    for lab, jac in audit.stability.items():
+        t.add_row(lab, f"{jac:.3f}", " / ".join(map(str, audit.half_tokens[lab])), verdicts.get(lab, "-"))
+    console.print(t)
+    for name, c in audit.controls.items():
+        console.print(f"control {name} ({c['size']} neurons): {c['verdict']}")
+    if heatmap:
+        console.print(f"heatmap: {heatmap}")
