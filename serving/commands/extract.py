@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -152,7 +153,8 @@ def _num(v) -> str:
 @click.option("--staged", "split_steer", default="mean:2/diff:0.3", show_default=True,
               help="Extra settings: a variant while the prompt is read / another at generated tokens.")
 @click.option("--layers", "layer_mode", type=click.Choice(["all", "halves"]), default="all", show_default=True,
-              help="Steer with all of a brick's layers, or also with its lower and upper half separately.")
+              help="Steer with all of a brick's layers, or also with its lower and upper half separately "
+                   "(grid and staged settings alike).")
 @click.option("--max-new-tokens", type=int, default=48, show_default=True)
 @click.option("--host", "host_spec", default=None, help="Host model (default: the one the bricks name).")
 @click.option("--registry", "registry_path", type=click.Path(file_okay=False), default=None)
@@ -268,7 +270,8 @@ def _run_steer(host, bricks, corpus, target, dominant, opts: dict, vocab, as_jso
     results = {}
     for brick in bricks:
         layers = layer_sets(brick) if opts["layer_mode"] == "halves" else {"all": None}
-        settings = grid(forms, _floats(opts["ks"], "k"), positions, tuple(layers)) + _split_settings(opts["split"])
+        staged = [replace(s, layers=lname) for s in _split_settings(opts["split"]) for lname in layers]
+        settings = grid(forms, _floats(opts["ks"], "k"), positions, tuple(layers)) + staged
         results[brick.name] = steer_sweep(host, brick, target, corpus.by_label(dominant), settings, layers=layers,
                                           dominant=dominant, max_new_tokens=opts["max_new_tokens"], vocab=vocab,
                                           progress=not as_json)

@@ -164,6 +164,14 @@ def test_cli_extract_publishes_and_eval_reports(tiny_host_dir, tmp_path):
     assert [(x["prompt"], x["generated"]) for x in rows] == [("-", "-"), ("diff k=1", "diff k=1"), ("-", "diff k=1"),
                                                              ("mean k=2", "diff k=0.5")]
     assert all(0 <= x["target_share"] <= 1 and x["dominant_ppl_ratio"] > 0 for x in rows)
+    r = run(eval_cmd, ["t-fr", "--host", str(tiny_host_dir), "--data", str(data), "--registry", str(reg), "--steer",
+                       "--target", "fr", "--k", "1", "--forms", "diff", "--positions", "all", "--layers", "halves",
+                       "--staged", "mean:2/diff:0.5", "--max-new-tokens", "2", "--json"])
+    assert r.exit_code == 0, r.output
+    rows = json.loads(r.stdout)["t-fr"][1:]
+    layer_names = [x["layers"] for x in rows if x["prompt"] == "diff k=1"]
+    assert len(layer_names) == 3 and "all" in layer_names  # all of the brick's layers, lower half, upper half
+    assert [x["layers"] for x in rows if x["prompt"] == "mean k=2"] == layer_names
 
 
 def test_cli_user_mistakes_are_clean_errors(tiny_host_dir, tmp_path):
