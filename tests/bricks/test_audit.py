@@ -3,7 +3,6 @@
 import json
 
 import pytest
-import torch
 from click.testing import CliRunner
 
 from bricks.audit import audit_emergent
@@ -14,12 +13,7 @@ from tests.conftest import TINY_TEXT
 LABELS = ["en", "fr", "code", "math", "de"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+TORCH_THREADS = 1  # the tiny model's matmuls are microseconds: OpenMP hand-offs cost more than they save
 
 
 @pytest.fixture(scope="module")

@@ -11,13 +11,7 @@ from tests.conftest import TINY_TEXT
 LABELS = ["en", "fr", "code", "math", "de"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # The tiny model's matmuls are microseconds: OpenMP hand-offs between threads cost more than they save.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+TORCH_THREADS = 1  # the tiny model's matmuls are microseconds: OpenMP hand-offs cost more than they save
 
 
 @pytest.fixture(scope="module")

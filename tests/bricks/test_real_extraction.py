@@ -9,7 +9,6 @@ check); evaluation text is capped per label to keep the module within a few minu
 from __future__ import annotations
 
 import pytest
-import torch
 
 from bricks.audit import audit_emergent
 from bricks.corpus import Corpus, load_corpus
@@ -18,12 +17,7 @@ pytestmark = [pytest.mark.real, pytest.mark.slow]
 TOP_PCT = 0.5
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _two_threads():
-    n = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(n)
+TORCH_THREADS = 2  # both cores: the slow real-model module
 
 
 @pytest.fixture(scope="module")
