@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -170,9 +171,26 @@ class Catalog:
                 conn.execute("ROLLBACK")
 
 
+def _set_wal(conn: sqlite3.Connection) -> None:
+    """WAL is a property of the file; setting it needs no transaction and sticks once set. Switching a new
+    file to WAL needs an exclusive lock, and SQLite answers "database is locked" at once, without the busy
+    handler, when several fresh connections race for it (seen with 4-8 processes opening a new registry):
+    so retry until the busy timeout."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_S
+    delay = 0.002
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as e:
+            if ("locked" not in str(e) and "busy" not in str(e)) or time.monotonic() > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.1)
+
+
 def _migrate(conn: sqlite3.Connection) -> None:
-    # WAL is a property of the file; setting it needs no transaction and sticks once set.
-    conn.execute("PRAGMA journal_mode = WAL")
+    _set_wal(conn)
     if conn.execute("PRAGMA user_version").fetchone()[0] >= SCHEMA_VERSION:
         return
     conn.execute("BEGIN IMMEDIATE")

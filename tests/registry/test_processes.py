@@ -90,3 +90,39 @@ def test_four_processes_publishing_the_same_name(tmp_path: Path):
     assert set(versions) == {f"1.{i}.0" for i in range(40)}
     assert reg.verify() == []
     _assert_whole_versions(reg)
+
+
+def _open_and_write(path: str, go: str, out) -> None:
+    from registry.catalog import Catalog
+
+    while not os.path.exists(go):
+        time.sleep(0.0005)
+    try:
+        catalog = Catalog(Path(path))
+        with catalog.read() as conn:
+            conn.execute("SELECT 1").fetchall()
+        with catalog.write():
+            pass
+        out.put("ok")
+    except Exception as e:  # reported to the test, which names it
+        out.put(repr(e))
+
+
+def test_processes_racing_to_create_a_new_catalog(tmp_path: Path):
+    """Fresh processes opening a brand-new catalog at the same instant all switch it to WAL and migrate it.
+    Before the retry in `_set_wal`, about 1 start in 13 failed with "database is locked" (8 processes)."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("fork")
+    for trial in range(25):
+        path, go = tmp_path / f"c{trial}.db", tmp_path / f"go{trial}"
+        out = ctx.Queue()
+        procs = [ctx.Process(target=_open_and_write, args=(str(path), str(go), out)) for _ in range(8)]
+        for p in procs:
+            p.start()
+        time.sleep(0.05)
+        go.touch()
+        results = [out.get(timeout=60) for _ in procs]
+        for p in procs:
+            p.join(timeout=60)
+        assert results == ["ok"] * 8, (trial, results)
