@@ -24,9 +24,10 @@ from dataclasses import dataclass, field
 from bricks.compose import BrickUse
 from bricks.corpus import Corpus
 from bricks.errors import InvalidInputError
-from bricks.evaluate import SelectivityReport, delta_pct, label_perplexity, selectivity_report
+from bricks.evaluate import SelectivityReport, delta_pct, jaccard, label_perplexity, selectivity_report
 from bricks.extract import Extraction
 from bricks.extract.emergent import (
+    by_layer,
     cap_tokens,
     down_norms,
     extract_emergent,
@@ -34,6 +35,7 @@ from bricks.extract.emergent import (
     make_brick,
     select_neurons,
 )
+from bricks.format import neuron_brick
 from bricks.profile import Profile, chunk_corpus, profile_corpus
 
 
@@ -47,12 +49,14 @@ class EmergentAudit:
     profiles: dict[str, Profile] = field(repr=False, default_factory=dict)
     test: Corpus = field(repr=False, default_factory=Corpus)
 
+    def verdicts(self) -> dict[str, str]:
+        """label -> "published" or why the extractor's held-out check would not publish its brick."""
+        return {lab: v.get("rejected", "published") for lab, v in self.extraction.report.get("labels", {}).items()}
+
     def to_dict(self) -> dict:
-        labels = self.extraction.report.get("labels", {})
         return {"selectivity": self.report.to_dict(), "stability_jaccard": self.stability,
                 "half_tokens": self.half_tokens, "general_check_controls": self.controls,
-                "extractor_verdicts": {lab: v.get("rejected", "published") for lab, v in labels.items()},
-                "params": self.extraction.report.get("params", {})}
+                "extractor_verdicts": self.verdicts(), "params": self.extraction.report.get("params", {})}
 
 
 def _four_cells(host, corpus: Corpus, train_keys: set[int], half_a: set[int], progress: bool) -> dict:
@@ -68,12 +72,11 @@ def _four_cells(host, corpus: Corpus, train_keys: set[int], half_a: set[int], pr
 
 def _stability(host, a: Profile, b: Profile, top_pct: float) -> dict[str, float]:
     norms = down_norms(host)
-    out = {}
-    for label in a.labels:
-        ka, kb = ({(layer, i) for layer, ix in select_neurons(p, label, "funcscore", top_pct, norms)[0].items()
-                   for i in ix.tolist()} for p in (a, b))
-        out[label] = len(ka & kb) / max(len(ka | kb), 1)
-    return out
+
+    def pick(profile: Profile, label: str):
+        return neuron_brick("stability", host.ref, select_neurons(profile, label, "funcscore", top_pct, norms)[0])
+
+    return {label: jaccard(pick(a, label), pick(b, label)) for label in a.labels}
 
 
 def _controls(host, train: Profile, test: Corpus, base: dict, top_pct: float, dominant: str,
@@ -83,8 +86,7 @@ def _controls(host, train: Profile, test: Corpus, base: dict, top_pct: float, do
     if dominant not in base or dominant not in train.labels:
         return {}
     k = round(top_pct / 100 * train.n_layers * train.d_ff)
-    flat = train.mean_abs().mean(0).flatten().topk(k).indices
-    busiest = {int(layer): flat[flat // train.d_ff == layer] % train.d_ff for layer in (flat // train.d_ff).unique()}
+    busiest = by_layer(train.mean_abs().mean(0).flatten().topk(k).indices, train.d_ff)
     candidates = {"top_mean_abs": busiest, f"lape_{dominant}": select_neurons(train, dominant, "lape", top_pct)[0]}
     out = {}
     for name, layers in candidates.items():

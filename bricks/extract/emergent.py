@@ -79,7 +79,8 @@ def _top(score: torch.Tensor, k: int, eligible: torch.Tensor | None = None) -> t
     return torch.topk(s, k).indices
 
 
-def _by_layer(flat: torch.Tensor, d_ff: int) -> dict[int, torch.Tensor]:
+def by_layer(flat: torch.Tensor, d_ff: int) -> dict[int, torch.Tensor]:
+    """Flat neuron indices (layer * d_ff + i) as {layer: sorted indices}."""
     layers = flat // d_ff
     return {int(layer): torch.sort(flat[layers == layer] % d_ff).values for layer in layers.unique()}
 
@@ -119,7 +120,7 @@ def select_neurons(profile: Profile, label: str, method: str = "funcscore", top_
     stats = {"k": int(flat.numel()), "mean_ap": float(ap.flatten()[flat].mean()),
              "mean_lape_entropy": float(ent.flatten()[flat].mean()),
              "ap_one": int((ap.flatten()[flat] >= 1.0 - 1e-9).sum())}
-    return _by_layer(flat, profile.d_ff), stats
+    return by_layer(flat, profile.d_ff), stats
 
 
 # --- bricks --------------------------------------------------------------------------------------------

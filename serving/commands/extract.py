@@ -320,7 +320,7 @@ def audit_cmd(host_spec: str, data: tuple[str, ...], top_pct: float, test_frac: 
         return
     console.print(render_table(audit.report))
     t = Table("label", "Jaccard (two halves)", "tokens per half", "extractor's verdict")
-    verdicts = audit.to_dict()["extractor_verdicts"]
+    verdicts = audit.verdicts()
     for lab, jac in audit.stability.items():
         t.add_row(lab, f"{jac:.3f}", " / ".join(map(str, audit.half_tokens[lab])), verdicts.get(lab, "-"))
     console.print(t)

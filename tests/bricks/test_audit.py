@@ -11,8 +11,6 @@ from bricks.profile import signed_key
 from tests.conftest import TINY_TEXT
 
 LABELS = ["en", "fr", "code", "math", "de"]
-
-
 TORCH_THREADS = 1  # the tiny model's matmuls are microseconds: OpenMP hand-offs cost more than they save
 
 
@@ -48,7 +46,6 @@ def test_report_covers_every_label_with_random_baselines(audit):
         assert control["verdict"] == "published" or control["verdict"].startswith(("general", "ablating"))
     d = audit.to_dict()
     assert set(d["extractor_verdicts"]) == set(LABELS) and d["params"]["top_pct"] == 5.0
-
 
 
 def test_no_controls_without_dominant_language_text(tiny_host, corpus):
