@@ -30,7 +30,7 @@ test-slow: install
 	$(BIN)/python -m pytest -q -p no:cacheprovider -m slow tests
 
 lint: install
-	$(BIN)/ruff check bricks registry router serving tests bench
+	$(BIN)/ruff check bricks registry router serving cli tests bench
 
 clean:
 	rm -rf $(VENV)

@@ -14,12 +14,11 @@ import tempfile
 from pathlib import Path
 
 import click
-from rich.console import Console
 from rich.table import Table
 
-from bricks.errors import BrickError
+from bricks.host import DEFAULT_HOST
+from cli.common import ENGINES, BrickCommand, console, open_registry, signed
 
-console = Console()
 PREFIX = "emergent"
 PROMPTS = [
     ("Écris deux phrases sur la ville de Paris.", "fr"),
@@ -29,24 +28,15 @@ PROMPTS = [
 ]
 
 
-class _Clean(click.Command):
-    def invoke(self, ctx):
-        try:
-            return super().invoke(ctx)
-        except BrickError as e:
-            raise click.ClickException(str(e)) from None
-
-
-@click.command("demo", cls=_Clean)
-@click.option("--engine", type=click.Choice(["vllm", "transformers"]), default="vllm", show_default=True)
+@click.command("demo", cls=BrickCommand)
+@click.option("--engine", type=ENGINES, default="vllm", show_default=True)
 @click.option("--max-tokens", default=40, show_default=True)
 @click.pass_context
 def demo_cmd(ctx: click.Context, engine: str, max_tokens: int) -> None:
     """Run the whole pipeline on SmolLM2: extract bricks, publish, serve per-request assemblies."""
     from bricks.host import host_ref, load_host
-    from registry import Registry, default_registry_path
 
-    reg = Registry(default_registry_path(ctx.find_root().params.get("registry")))
+    reg = open_registry(ctx)
     ref = host_ref()
     console.rule("1. host")
     console.print(f"{ref.name}: {ref.n_layers} layers x {ref.d_ff} FFN neurons, fingerprint {ref.short()}")
@@ -75,13 +65,9 @@ def _ensure_bricks(reg, host) -> list[str]:
         v = reg.resolve(name)
         m = v.meta.metrics.get("held_out", {})
         t.add_row(v.ref, str(v.meta.params.get("size", "")),
-                  _num(m.get("own")), _num(m.get("mean_other")))
+                  signed(m.get("own")), signed(m.get("mean_other")))
     console.print(t)
     return sorted(mine)
-
-
-def _num(v) -> str:
-    return "-" if v is None else f"{v:+.1f}"
 
 
 async def _serve(reg, host, bricks: list[str], engine: str, max_tokens: int) -> None:
@@ -91,7 +77,7 @@ async def _serve(reg, host, bricks: list[str], engine: str, max_tokens: int) -> 
     folder = Path(tempfile.mkdtemp(prefix="brick-demo-"))
     manifest = folder / "demo.yaml"
     manifest.write_text(
-        "name: demo\nhost:\n  spec: smollm2-135m-instruct\nbricks:\n"
+        f"name: demo\nhost:\n  spec: {DEFAULT_HOST}\nbricks:\n"
         + "".join(f"  - ref: {b}@^1\n    gain: 1.5\n" for b in bricks)
         + "routing:\n  policy: retrieval\n  top_k: 1\n  threshold: 0.2\n"
         + f"engine:\n  kind: {engine}\n  enforce_eager: true\n  max_model_len: 1024\n"

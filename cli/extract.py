@@ -1,9 +1,7 @@
 """`brick extract`, `brick eval` and `brick audit`: find bricks in a host and prove what they do.
 
-Thin click layers over `bricks.extract`, `bricks.evaluate`, `bricks.steer` and `bricks.audit`; wire them
-into the `brick` group with `cli.add_command(...)`. The registry is
-this command's `--registry`, else the root group's `--registry`, else $BRICK_REGISTRY / the user
-data dir (`registry.default_registry_path`).
+Thin click layers over `bricks.extract`, `bricks.evaluate`, `bricks.steer` and `bricks.audit`. The registry
+is this command's `--registry`, else the root group's `--registry`, else $BRICK_REGISTRY / the user data dir.
 """
 
 from __future__ import annotations
@@ -15,29 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import click
-from rich.console import Console
 from rich.table import Table
 
-from bricks.errors import BrickError, InvalidInputError
-
-console = Console()
-
-
-class _CleanErrors(click.Command):
-    """A BrickError prints its message and fix, exit 1, also when the command runs outside `brick`."""
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except BrickError as e:
-            raise click.ClickException(str(e)) from None
-
-
-def _registry(ctx: click.Context, value: str | None):
-    from registry import Registry, default_registry_path
-
-    root = ctx.find_root()
-    return Registry(default_registry_path(value or root.params.get("registry")))
+from bricks.errors import InvalidInputError
+from cli.common import BrickCommand, console, host_option, open_registry, signed
 
 
 def parse_options(pairs: tuple[str, ...]) -> dict[str, Any]:
@@ -72,10 +51,9 @@ def _load_data(data: tuple[str, ...]):
 
 
 # --- extract ------------------------------------------------------------------------------------------
-@click.command("extract", cls=_CleanErrors)
+@click.command("extract", cls=BrickCommand)
 @click.argument("method")
-@click.option("--host", "host_spec", default="smollm2-135m-instruct", show_default=True,
-              help="Built-in host name or a local HF model folder.")
+@host_option(help="Built-in host name or a local HF model folder.")
 @click.option("--data", multiple=True, help="Corpus: JSONL/text files or folders, or 'builtin' (default).")
 @click.option("--name", required=True, help="Brick name (label bricks are named NAME-LABEL).")
 @click.option("--version", default=None, help="Explicit version to publish (default: next minor).")
@@ -104,7 +82,7 @@ def extract_cmd(ctx: click.Context, method: str, host_spec: str, data: tuple[str
     if force:
         options["force"] = True
     _check_options(method, spec.fn, options)
-    reg = None if dry_run else _registry(ctx, registry_path)  # resolve early: a bad path fails before work
+    reg = None if dry_run else open_registry(ctx, registry_path)  # resolve early: a bad path fails before work
     corpus = _load_data(data)
     host = load_host(host_spec)
     result = spec.fn(host, corpus, name=name, **options)
@@ -122,7 +100,7 @@ def _print_extraction(result, published, as_json: bool) -> None:
     for i, b in enumerate(result.bricks):
         m = b.meta.metrics.get("held_out", {})
         t.add_row(refs[i] if i < len(refs) else b.name, str(b.size()), str(len(b.neurons)),
-                  _num(m.get("own")), _num(m.get("mean_other")), "published" if i < len(refs) else "dry run")
+                  signed(m.get("own")), signed(m.get("mean_other")), "published" if i < len(refs) else "dry run")
     for cand, why in result.skipped.items():
         t.add_row(cand, "", "", "", "", f"[yellow]not published[/yellow]: {why}")
     console.print(t)
@@ -130,12 +108,8 @@ def _print_extraction(result, published, as_json: bool) -> None:
         console.print(f"  {k}: {v}")
 
 
-def _num(v) -> str:
-    return "-" if v is None else f"{v:+.1f}"
-
-
 # --- eval ------------------------------------------------------------------------------------------------
-@click.command("eval", cls=_CleanErrors)
+@click.command("eval", cls=BrickCommand)
 @click.argument("refs", nargs=-1, required=True)
 @click.option("--data", multiple=True, help="Evaluation corpus (default 'builtin').")
 @click.option("--split", type=click.Choice(["held-out", "all"]), default="held-out", show_default=True,
@@ -168,7 +142,7 @@ def eval_cmd(ctx: click.Context, refs: tuple[str, ...], data: tuple[str, ...], s
 
     if random_sets < 0:
         raise InvalidInputError(f"--random-sets {random_sets} is negative", "use 0 or more (5 for a report)")
-    reg = _registry(ctx, registry_path)
+    reg = open_registry(ctx, registry_path)
     bricks = [reg.get(r) for r in refs]
     host = load_host(host_spec or _host_spec(bricks))
     full = _load_data(data)
@@ -283,9 +257,8 @@ def _run_steer(host, bricks, corpus, target, dominant, opts: dict, vocab, as_jso
 
 
 # --- audit ---------------------------------------------------------------------------------------------
-@click.command("audit", cls=_CleanErrors)
-@click.option("--host", "host_spec", default="smollm2-135m-instruct", show_default=True,
-              help="Built-in host name or a local HF model folder.")
+@click.command("audit", cls=BrickCommand)
+@host_option(help="Built-in host name or a local HF model folder.")
 @click.option("--data", multiple=True, help="Labelled corpus: JSONL/text files or folders, or 'builtin' (default).")
 @click.option("--top-pct", type=float, default=0.5, show_default=True, help="Brick size, % of all FFN neurons.")
 @click.option("--test-frac", type=float, default=0.2, show_default=True, help="Test split the extractor never sees.")

@@ -59,9 +59,9 @@ def tiny_host(tiny_host_dir):
 @pytest.fixture(scope="session")
 def real_host():
     """SmolLM2-135M-Instruct from the packaged GGUF (converted once into the brickwork cache)."""
-    from bricks.host import load_host
+    from bricks.host import DEFAULT_HOST, load_host
 
-    return load_host("smollm2-135m-instruct")
+    return load_host(DEFAULT_HOST)
 
 
 @pytest.fixture
@@ -76,3 +76,16 @@ def _quiet_env():
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _torch_threads(request):
+    """A test module sets `TORCH_THREADS = n` to run its tests with n torch threads (restored afterwards)."""
+    want = getattr(request.module, "TORCH_THREADS", None)
+    if want is None:
+        yield
+        return
+    n = torch.get_num_threads()
+    torch.set_num_threads(want)
+    yield
+    torch.set_num_threads(n)

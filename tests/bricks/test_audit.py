@@ -1,9 +1,7 @@
 """The emergent audit protocol on the tiny host: which text each step may see, and the report's shape."""
 
-import json
 
 import pytest
-from click.testing import CliRunner
 
 from bricks.audit import audit_emergent
 from bricks.corpus import Corpus, Doc
@@ -52,24 +50,3 @@ def test_no_controls_without_dominant_language_text(tiny_host, corpus):
     got = audit_emergent(tiny_host, Corpus(d for d in corpus if d.label != "en"), top_pct=5.0, random_sets=0,
                          eval_tokens=0)
     assert got.controls == {} and sorted(got.stability) == ["code", "de", "fr", "math"]
-
-
-def _write_jsonl(path, corpus):
-    path.write_text("".join(json.dumps({"text": d.text, "label": d.label}) + "\n" for d in corpus))
-    return path
-
-
-def test_cli_audit_reports_and_refuses_bad_input(tiny_host_dir, corpus, tmp_path):
-    from serving.commands.extract import audit_cmd
-
-    data = _write_jsonl(tmp_path / "c.jsonl", corpus)
-    base = ["--host", str(tiny_host_dir), "--data", str(data), "--top-pct", "5", "--random-sets", "1"]
-    r = CliRunner().invoke(audit_cmd, base + ["--json", "--heatmap", str(tmp_path / "h.png")])
-    assert r.exit_code == 0, r.output
-    got = json.loads(r.stdout)
-    assert set(got["stability_jaccard"]) == set(LABELS) and (tmp_path / "h.png").stat().st_size > 0
-    assert len(got["selectivity"]["bricks"]) == len(LABELS)
-    few = _write_jsonl(tmp_path / "few.jsonl", Corpus(list(corpus)[:10]))  # 2 documents per label
-    for args in (base + ["--test-frac", "1.5"], ["--host", str(tiny_host_dir), "--data", str(few)]):
-        r = CliRunner().invoke(audit_cmd, args)
-        assert r.exit_code == 1 and "fix:" in r.output and "Traceback" not in r.output, r.output

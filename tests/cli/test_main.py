@@ -7,7 +7,7 @@ import torch
 from click.testing import CliRunner
 
 from bricks.format import neuron_brick, save_brick
-from serving.cli import cli
+from cli.main import cli
 
 
 @pytest.fixture
