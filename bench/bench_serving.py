@@ -45,7 +45,7 @@ def make_bricks(ref, n: int = 8) -> list[Brick]:
         mod = f"model.layers.{(3 * k) % ref.n_layers}.mlp.down_proj"
         lm = LoraModule(torch.randn(8, ref.d_ff, generator=g) / ref.d_ff**0.5,
                         torch.randn(ref.d_model, 8, generator=g) * 0.05, 8.0)
-        out.append(Brick(meta=BrickMeta(name=f"lb{k}", kind="lora", host=ref), lora={mod: lm}))
+        out.append(Brick(BrickMeta(name=f"lb{k}", kind="lora", host=ref), {mod: lm}))
     return out
 
 

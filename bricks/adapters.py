@@ -14,8 +14,6 @@ import torch
 from bricks.errors import InvalidInputError
 from bricks.format import HostRef
 
-FFN_PROJS = ("gate_proj", "up_proj", "down_proj")
-
 
 @dataclass(frozen=True)
 class ArchAdapter:
@@ -36,12 +34,6 @@ class ArchAdapter:
         """(W_gate [d_ff, d], W_up [d_ff, d], W_down [d, d_ff])."""
         m = self.mlp(model, layer)
         return m.gate_proj.weight, m.up_proj.weight, m.down_proj.weight
-
-    @staticmethod
-    def module_name(layer: int, proj: str) -> str:
-        """The LoRA target name used in brick files; PEFT adds 'base_model.model.' in front."""
-        part = "mlp" if proj in FFN_PROJS else "self_attn"
-        return f"model.layers.{layer}.{part}.{proj}"
 
     def host_ref(self, cfg: dict, fingerprint: str, name: str = "") -> HostRef:
         heads = int(cfg["num_attention_heads"])

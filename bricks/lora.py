@@ -1,11 +1,8 @@
 """An assembly's trained part as ONE LoRA adapter (vLLM multi-LoRA), and neuron bricks compiled to LoRA.
 
-Per target module the adapter concatenates every contribution's rank (exact, since deltas add):
-- LoRA bricks: A, B with their scaling folded into B;
-- growth bricks (host served with R reserved zero neurons per layer, brick owning slots T):
-  gate/up: A = new rows, B = E_T^T; down: A = E_T, B = new columns;
-- neuron maps on the LoRA path (export, fallback engine): down_proj: A = E_S, B = (g - 1) W_down[:, S].
-  Offsets are a bias, not a low-rank delta: refused here.
+Each kind compiles its composed value to low-rank deltas per target module (bricks/kinds/: LoRA bricks
+with their scaling folded into B, growth bricks into the reserved slots, a neuron map's gains on the LoRA
+path); per module the adapter concatenates every contribution's rank (exact, since deltas add).
 When the summed rank exceeds the engine's max rank, the product B A is truncated with an SVD
 (QR of B and A^T, SVD of the small core) and the relative Frobenius error is reported.
 """
@@ -18,28 +15,20 @@ from pathlib import Path
 
 import torch
 
-from bricks.compose import Assembly, NeuronMap
+from bricks.compose import Assembly
 from bricks.errors import InvalidInputError
-from bricks.format import HostRef
+from bricks.kinds import KINDS
+from bricks.kinds.base import LoraContext, LowRank
 
 VLLM_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 PEFT_PREFIX = "base_model.model."
 
 
 @dataclass
-class LowRank:
-    A: torch.Tensor  # [r, d_in]
-    B: torch.Tensor  # [d_out, r], scaling folded in
-
-    @property
-    def rank(self) -> int:
-        return int(self.A.shape[0])
-
-
-@dataclass
 class Adapter:
     modules: dict[str, LowRank] = field(default_factory=dict)
     errors: dict[str, float] = field(default_factory=dict)  # relative Frobenius error per truncated module
+    needed_rank: int = 0  # the largest summed rank of a module, before truncation
 
     @property
     def rank(self) -> int:
@@ -49,71 +38,23 @@ class Adapter:
         return max(self.errors.values(), default=0.0)
 
 
-def neuron_map_to_lora(nmap: NeuronMap, w_down: dict[int, torch.Tensor], adapter_name: str = "assembly"
-                       ) -> dict[str, LowRank]:
-    """down_proj deltas for a composed neuron map (gain part only); `w_down[layer]` is [d_model, d_ff]."""
-    if nmap.has_offset():
-        raise InvalidInputError(
-            f"{adapter_name}: neuron bricks with offsets (steering, mean-ablation) cannot be expressed as LoRA",
-            "serve them with engine.neuron_path: gain_table, or drop the offset (offset_scale: 0)")
-    out = {}
-    for layer in nmap.touched_layers():
-        s = torch.nonzero(nmap.gain[layer] != 1).flatten()
-        A = torch.zeros(len(s), nmap.gain.shape[1])
-        A[torch.arange(len(s)), s] = 1.0
-        B = w_down[layer].float()[:, s] * (nmap.gain[layer, s] - 1)
-        out[f"model.layers.{layer}.mlp.down_proj"] = LowRank(A, B)
-    return out
-
-
-def growth_to_lora(assembly: Assembly, reserved: int) -> dict[str, list[LowRank]]:
-    """Growth bricks in assembly order take consecutive slot ranges of the R reserved neurons per layer."""
-    h = assembly.host
-    width = h.d_ff + reserved
-    out: dict[str, list[LowRank]] = {}
-    for layer, groups in assembly.growth.items():
-        start = h.d_ff
-        for g in groups:
-            k = g.gate.shape[0]
-            if start + k > width:
-                raise InvalidInputError(
-                    f"growth bricks need {start + k - h.d_ff} reserved neurons in layer {layer}, the host has "
-                    f"{reserved}", "raise host.growth_slots in the manifest")
-            E = torch.zeros(k, width)
-            E[torch.arange(k), torch.arange(start, start + k)] = 1.0
-            for proj, rows in (("gate_proj", g.gate), ("up_proj", g.up)):
-                out.setdefault(f"model.layers.{layer}.mlp.{proj}", []).append(LowRank(rows.float(), E.T.clone()))
-            out.setdefault(f"model.layers.{layer}.mlp.down_proj", []).append(LowRank(E, g.down.float()))
-            start += k
-    return out
-
-
-def _widen(lr: LowRank, mod: str, host: HostRef, reserved: int) -> LowRank:
-    """Pad a LoRA brick's down_proj A / gate,up B to the served width d_ff + R (reserved slots are zero)."""
-    if not reserved:
-        return lr
-    if mod.endswith("down_proj") and lr.A.shape[1] == host.d_ff:
-        return LowRank(torch.cat([lr.A, torch.zeros(lr.rank, reserved)], 1), lr.B)
-    if mod.endswith(("gate_proj", "up_proj")) and lr.B.shape[0] == host.d_ff:
-        return LowRank(lr.A, torch.cat([lr.B, torch.zeros(reserved, lr.rank)], 0))
-    return lr
+def down_proj_weights(host) -> dict[int, torch.Tensor]:
+    """{layer: W_down [d_model, d_ff]}: what compiles neuron gains into down_proj deltas."""
+    return {i: host.adapter.down_proj(host.model, i).weight.detach() for i in range(host.n_layers)}
 
 
 def assembly_adapter(assembly: Assembly, max_rank: int, reserved: int = 0,
                      w_down: dict[int, torch.Tensor] | None = None) -> Adapter:
     """One adapter for the assembly's LoRA and growth bricks (and its neuron map when `w_down` is given)."""
+    ctx = LoraContext(assembly.host, reserved, w_down)
     parts: dict[str, list[LowRank]] = {}
-    for mod, mods in assembly.lora.items():
-        parts[mod] = [_widen(LowRank(m.A.float(), m.B.float() * m.scaling), mod, assembly.host, reserved)
-                      for m in mods]
-    for mod, lrs in growth_to_lora(assembly, reserved).items():
-        parts.setdefault(mod, []).extend(lrs)
-    if w_down is not None:
-        for mod, lr in neuron_map_to_lora(assembly.neuron_map, w_down).items():
-            parts.setdefault(mod, []).append(_widen(lr, mod, assembly.host, reserved))
+    for name, composed in assembly.present().items():
+        for mod, lrs in KINDS[name].to_lora(composed, ctx).items():
+            parts.setdefault(mod, []).extend(lrs)
     adapter = Adapter()
     for mod, lrs in parts.items():
         cat = LowRank(torch.cat([p.A for p in lrs]), torch.cat([p.B for p in lrs], 1))
+        adapter.needed_rank = max(adapter.needed_rank, cat.rank)
         if cat.rank > max_rank:
             cat, err = truncate(cat, max_rank)
             adapter.errors[mod] = err

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from bricks.compose import BrickUse, assemble
 from bricks.errors import InvalidInputError
-from bricks.format import Brick, BrickMeta, HostRef, LoraModule
+from bricks.format import Brick, BrickMeta, HostRef
+from bricks.kinds.lora import LoraModule
+from bricks.lora import Adapter, assembly_adapter, down_proj_weights, write_peft
 
 _PREFIX = "base_model.model."
 
@@ -38,8 +41,19 @@ def brick_from_peft(folder: Path, name: str, host: HostRef) -> Brick:
         modules[mod] = LoraModule(A.float(), B.float(), float(alpha))
     if not modules:
         raise InvalidInputError(f"{folder}: no LoRA weights found", "check the adapter folder")
-    brick = Brick(meta=BrickMeta(name=name, kind="lora", host=host, method="import-peft",
-                                 params={"source": str(folder), "r": cfg.r, "lora_alpha": cfg.lora_alpha}),
-                  lora=modules)
+    brick = Brick(BrickMeta(name=name, kind="lora", host=host, method="import-peft",
+                            params={"source": str(folder), "r": cfg.r, "lora_alpha": cfg.lora_alpha}), modules)
     brick.validate(host)
     return brick
+
+
+def export_peft(bricks: list[Brick], host, folder: Path, max_rank: int = 512) -> Adapter:
+    """Compile bricks (neuron gains and LoRA; the kinds a PEFT adapter can hold) into one PEFT LoRA folder."""
+    for b in bricks:
+        if b.spec.peft_export is not None:
+            raise InvalidInputError(f"brick {b.name!r}: {b.spec.peft_export}",
+                                    "export only neuron and LoRA bricks")
+    adapter = assembly_adapter(assemble(host.ref, [BrickUse(b) for b in bricks]), max_rank,
+                               w_down=down_proj_weights(host))
+    write_peft(adapter, folder)
+    return adapter

@@ -154,7 +154,7 @@ def steering_variant(brick: Brick, target: str, form: str = "diff", k: float = 1
     meta.name = f"{brick.name}-steer-{target}"[:64]
     meta.params = {**meta.params, "steering": {"target": target, "form": form, "k": k, "dominant": dominant,
                                                "layers": sorted(sets)}}
-    out = Brick(meta=meta, neurons=sets)
+    out = Brick(meta, sets)
     out.validate()
     return out
 

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import click
 
-from bricks.errors import BrickError
 from cli.common import BrickCommand, host_option, open_registry
 
 
@@ -18,19 +17,12 @@ from cli.common import BrickCommand, host_option, open_registry
 @click.pass_context
 def export_peft(ctx: click.Context, out: str, refs: tuple[str, ...], host_spec: str, max_rank: int) -> None:
     """Compile REFS (neuron gains, LoRA, no growth) into one PEFT LoRA adapter folder OUT."""
-    from bricks.compose import BrickUse, assemble
     from bricks.host import load_host
-    from bricks.lora import assembly_adapter, write_peft
+    from bricks.peft_io import export_peft as compile_to_peft
 
     reg = open_registry(ctx)
-    host = load_host(host_spec)
-    uses = [BrickUse(reg.get(r)) for r in refs]
-    if any(u.brick.kind == "growth" for u in uses):
-        raise BrickError("growth bricks add neurons: a PEFT LoRA adapter cannot hold them on an unwidened host",
-                         "export only neuron and LoRA bricks")
-    w_down = {i: host.adapter.down_proj(host.model, i).weight.detach() for i in range(host.n_layers)}
-    adapter = assembly_adapter(assemble(host.ref, uses), max_rank, w_down=w_down)
-    write_peft(adapter, Path(out))
+    bricks = [reg.get(r) for r in refs]
+    adapter = compile_to_peft(bricks, load_host(host_spec), Path(out), max_rank)
     click.echo(f"wrote PEFT adapter (rank {adapter.rank}, max truncation error {adapter.max_error():.2e}) to {out}")
 
 

@@ -58,7 +58,7 @@ def show(ctx: click.Context, ref: str, as_json: bool) -> None:
     brick = reg.get(v.ref)
     lineage = reg.lineage(v.ref)
     tags = {t: ver for t, ver in reg.tags(v.name).items() if ver == v.version}
-    per_layer = _per_layer(brick)
+    per_layer = brick.per_layer()
     if as_json:
         emit_json({**_version_dict(v), "meta": json.loads(brick.meta.model_dump_json()), "layers": per_layer,
                     "lineage": lineage, "tags": sorted(tags)})
@@ -73,7 +73,7 @@ def show(ctx: click.Context, ref: str, as_json: bool) -> None:
         console.print(f"  about     {m.description}")
     if m.labels:
         console.print(f"  labels    {', '.join(m.labels)}")
-    console.print(f"  touches   {brick.size()} {'neurons' if v.kind != 'lora' else 'rank'} in "
+    console.print(f"  touches   {brick.size()} {brick.spec.unit} in "
                   f"{len(per_layer)} layers: " + ", ".join(f"L{k}:{n}" for k, n in list(per_layer.items())[:12])
                   + (" ..." if len(per_layer) > 12 else ""))
     for title, d in (("params", m.params), ("metrics", m.metrics)):
@@ -87,18 +87,6 @@ def show(ctx: click.Context, ref: str, as_json: bool) -> None:
         console.print(f"  routing   {len(m.routing.texts)} example texts, e.g. {m.routing.texts[0][:60]!r}")
     if m.profile:
         _print_profile(m.profile)
-
-
-def _per_layer(brick) -> dict[int, int]:
-    if brick.kind == "neurons":
-        return {k: int(s.indices.numel()) for k, s in sorted(brick.neurons.items())}
-    if brick.kind == "growth":
-        return {k: int(g.gate.shape[0]) for k, g in sorted(brick.growth.items())}
-    out: dict[int, int] = {}
-    for mod, lm in brick.lora.items():
-        layer = int(mod.split(".")[2])
-        out[layer] = out.get(layer, 0) + lm.rank
-    return dict(sorted(out.items()))
 
 
 def _print_profile(profile: dict) -> None:

@@ -24,9 +24,10 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from bricks.compose import Assembly, BrickUse, NeuronMap, assemble
+from bricks.compose import Assembly, BrickUse, assemble, order_matters
 from bricks.errors import InvalidInputError
 from bricks.format import HostRef
+from bricks.kinds.neurons import NeuronMap
 from bricks.lora import Adapter, assembly_adapter, write_peft
 from registry import Registry
 
@@ -51,10 +52,6 @@ class BuiltAssembly:
     build_ms: float
     lora_int_id: int = 0
     extra: dict = field(default_factory=dict)
-
-    @property
-    def has_neurons(self) -> bool:
-        return self.row_path is not None
 
 
 @dataclass
@@ -148,13 +145,13 @@ class AssemblyCache:
         return path
 
     def _adapter(self, folder: Path, asm: Assembly) -> tuple[Adapter | None, Path | None]:
-        neurons_as_lora = self.neuron_path == "lora" and not asm.neuron_map.is_identity()
-        if not (asm.lora or asm.growth or neurons_as_lora):
+        w_down = self.w_down if self.neuron_path == "lora" else None
+        adapter = assembly_adapter(asm, self.max_rank, self.reserved, w_down)
+        if not adapter.modules:
             return None, None
-        adapter = assembly_adapter(asm, self.max_rank, self.reserved, self.w_down if neurons_as_lora else None)
         if adapter.max_error() > self.max_error:
             raise InvalidInputError(
-                f"assembly {'+'.join(asm.brick_names)} needs rank {sum_rank(asm)} > engine.max_lora_rank "
+                f"assembly {'+'.join(asm.brick_names)} needs rank {adapter.needed_rank} > engine.max_lora_rank "
                 f"{self.max_rank}; truncating it costs {adapter.max_error():.1%} relative error "
                 f"(limit {self.max_error:.1%})", "raise engine.max_lora_rank or engine.max_lora_error, "
                 "or use fewer trained bricks together")
@@ -181,24 +178,10 @@ class AssemblyCache:
                 shutil.rmtree(p, ignore_errors=True)
 
 
-def sum_rank(asm: Assembly) -> int:
-    ranks: dict[str, int] = {}
-    for mod, mods in asm.lora.items():
-        ranks[mod] = sum(m.rank for m in mods)
-    return max(ranks.values(), default=0)
-
-
 def _canonical_order(uses: list[BrickUse], digests: list[str]) -> list[int]:
-    """Sorted by digest unless two bricks set offsets on one neuron (then the given order is the meaning)."""
-    seen: dict[int, set[int]] = {}
-    for u in uses:
-        for layer, s in u.brick.neurons.items():
-            if s.offset is None or u.offset_scale == 0:
-                continue
-            idx = set(s.indices.tolist())
-            if seen.get(layer, set()) & idx:
-                return list(range(len(uses)))
-            seen.setdefault(layer, set()).update(idx)
+    """Sorted by digest unless the order changes the result (then the given order is the meaning)."""
+    if order_matters(uses):
+        return list(range(len(uses)))
     return sorted(range(len(uses)), key=lambda i: (digests[i], i))
 
 

@@ -6,8 +6,6 @@ assembly, built or cached) and `engine.stream/generate`.
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -15,23 +13,16 @@ import torch
 
 from bricks.compose import BrickUse
 from bricks.errors import HostMismatchError, InvalidInputError
-from bricks.format import Brick, BrickMeta, NeuronSet
+from bricks.format import Brick, BrickMeta
 from bricks.host import Host, cache_dir, load_host
+from bricks.kinds.neurons import NeuronSet
+from bricks.lora import down_proj_weights
 from registry import Registry
 from router.assembly import AssemblyCache, BrickChoice, BuiltAssembly
 from router.embed import get_embedder
 from router.policy import RouteDecision, RouteEntry, Router
 from serving.engine import Engine, ReferenceEngine, VllmEngine, VllmSettings, self_test
 from serving.manifest import Manifest
-
-
-@dataclass
-class Metrics:
-    requests: int = 0
-    errors: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    route_ms: list[float] = field(default_factory=list)
 
 
 class BrickService:
@@ -45,7 +36,6 @@ class BrickService:
         self.reference: ReferenceEngine | None = None
         self.cache: AssemblyCache | None = None
         self.router: Router | None = None
-        self.metrics = Metrics()
         self.self_test_report: dict[str, Any] | None = None
 
     # --- start-up ------------------------------------------------------------------------------------
@@ -56,8 +46,7 @@ class BrickService:
         self.reference = ReferenceEngine(self.host)
         w_down = None
         if m.engine.neuron_path == "lora":
-            w_down = {i: self.host.adapter.down_proj(self.host.model, i).weight.detach()
-                      for i in range(self.host.n_layers)}
+            w_down = down_proj_weights(self.host)
         self.cache = AssemblyCache(self.registry, self.host.ref, cache_dir() / "assemblies" / self.host.ref.short(),
                                    max_rank=m.engine.max_lora_rank, max_error=m.engine.max_lora_error,
                                    reserved=m.host.growth_slots, neuron_path=m.engine.neuron_path, w_down=w_down,
@@ -76,22 +65,18 @@ class BrickService:
         """The module suffixes the manifest's trained bricks (and LoRA-path neuron bricks) touch."""
         targets: set[str] = set()
         for v in self.manifest.resolved.values():
-            if v.kind == "lora":
-                targets |= {m.rsplit(".", 1)[1] for m in self.registry.get(v.ref).lora}
-            elif v.kind == "growth":
-                targets |= {"gate_proj", "up_proj", "down_proj"}
-            elif self.manifest.engine.neuron_path == "lora":
-                targets.add("down_proj")
+            brick = self.registry.get(v.ref)
+            targets |= brick.spec.lora_targets(brick, self.manifest.engine.neuron_path)
         return sorted(targets)
 
     def _settings(self) -> VllmSettings:
         e = self.manifest.engine
-        kinds = {v.kind for v in self.manifest.resolved.values()}
-        return VllmSettings(lora_targets=self._lora_targets(), dtype=e.dtype, max_model_len=e.max_model_len,
+        targets = self._lora_targets()
+        return VllmSettings(lora_targets=targets, dtype=e.dtype, max_model_len=e.max_model_len,
                             enforce_eager=e.enforce_eager,
                             gpu_memory_utilization=e.gpu_memory_utilization,
                             enable_prefix_caching=e.enable_prefix_caching, max_rows=e.max_assemblies,
-                            enable_lora=bool(kinds & {"lora", "growth"}) or e.neuron_path == "lora",
+                            enable_lora=bool(targets) or e.neuron_path == "lora",
                             max_loras=e.max_loras, max_lora_rank=e.max_lora_rank,
                             reserved=self.manifest.host.growth_slots)
 
@@ -127,7 +112,7 @@ class BrickService:
         """Identity and a dense random gain/offset row touching every layer (for the self-test)."""
         ref = self.host.ref
         g = torch.Generator().manual_seed(1234)
-        probe = Brick(meta=BrickMeta(name="selftest-probe", kind="neurons", host=ref), neurons={
+        probe = Brick(BrickMeta(name="selftest-probe", kind="neurons", host=ref), {
             i: NeuronSet(torch.arange(ref.d_ff), 0.5 + torch.rand(ref.d_ff, generator=g),
                          0.02 * torch.randn(ref.d_ff, generator=g)) for i in range(ref.n_layers)})
         return [self.cache.build_uses([]), self.cache.build_uses([BrickUse(probe)])]
@@ -135,12 +120,8 @@ class BrickService:
     # --- requests ------------------------------------------------------------------------------------
     def plan(self, prompt: str, request_bricks: list | None = None, model: str | None = None
              ) -> tuple[RouteDecision, BuiltAssembly]:
-        t0 = time.perf_counter()
         decision = self.router.route(prompt, request_bricks, model)
-        built = self.cache.get(decision.choices)
-        self.metrics.route_ms.append((time.perf_counter() - t0) * 1e3)
-        del self.metrics.route_ms[:-1000]
-        return decision, built
+        return decision, self.cache.get(decision.choices)
 
     def tokenize_chat(self, messages: list[dict]) -> list[int]:
         tok = self.host.tokenizer

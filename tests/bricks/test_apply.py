@@ -70,7 +70,7 @@ def test_lora_hook_equals_merged_weight(tiny_host):
     ids = _ids(tiny_host)
     mod = "model.layers.1.mlp.down_proj"
     lm = LoraModule(torch.randn(4, 128) * 0.1, torch.randn(64, 4) * 0.1, alpha=8.0)
-    b = Brick(meta=BrickMeta(name="l", kind="lora", host=tiny_host.ref), lora={mod: lm})
+    b = Brick(BrickMeta(name="l", kind="lora", host=tiny_host.ref), {mod: lm})
     with assembly_applied(tiny_host.model, tiny_host.adapter, assemble(tiny_host.ref, [BrickUse(b)])):
         got = _logits(tiny_host, ids)
     lin = tiny_host.model.get_submodule(mod)
@@ -90,7 +90,7 @@ def test_growth_hook_equals_wider_ffn(tiny_host):
     ids = _ids(tiny_host)
     k = 3
     g = GrowthNeurons(torch.randn(k, 64) * 0.2, torch.randn(k, 64) * 0.2, torch.randn(64, k) * 0.2)
-    b = Brick(meta=BrickMeta(name="g", kind="growth", host=tiny_host.ref), growth={2: g})
+    b = Brick(BrickMeta(name="g", kind="growth", host=tiny_host.ref), {2: g})
     with assembly_applied(tiny_host.model, tiny_host.adapter, assemble(tiny_host.ref, [BrickUse(b)])):
         got = _logits(tiny_host, ids)
     layer = tiny_host.model.model.layers[2]

@@ -21,13 +21,13 @@ OTHER = HOST.model_copy(update={"fingerprint": "sha256:" + "cd" * 32, "name": "o
 
 def lora_brick(name="adapter", r=4):
     mod = "model.layers.1.mlp.down_proj"
-    return Brick(meta=BrickMeta(name=name, kind="lora", host=HOST),
-                 lora={mod: LoraModule(torch.randn(r, 128), torch.randn(64, r), alpha=8.0)})
+    return Brick(BrickMeta(name=name, kind="lora", host=HOST),
+                 {mod: LoraModule(torch.randn(r, 128), torch.randn(64, r), alpha=8.0)})
 
 
 def growth_brick(k=3):
-    return Brick(meta=BrickMeta(name="grown", kind="growth", host=HOST),
-                 growth={2: GrowthNeurons(torch.randn(k, 64), torch.randn(k, 64), torch.randn(64, k))})
+    return Brick(BrickMeta(name="grown", kind="growth", host=HOST),
+                 {2: GrowthNeurons(torch.randn(k, 64), torch.randn(k, 64), torch.randn(64, k))})
 
 
 def test_neuron_roundtrip_keeps_everything(tmp_path):
@@ -90,8 +90,8 @@ def test_lora_shape_mismatch_is_refused():
 
 
 def test_unknown_lora_target_is_refused():
-    b = Brick(meta=BrickMeta(name="a", kind="lora", host=HOST),
-              lora={"model.layers.1.mlp.fc1": LoraModule(torch.randn(2, 64), torch.randn(64, 2), 2.0)})
+    b = Brick(BrickMeta(name="a", kind="lora", host=HOST),
+              {"model.layers.1.mlp.fc1": LoraModule(torch.randn(2, 64), torch.randn(64, 2), 2.0)})
     with pytest.raises(InvalidInputError, match="not a known target"):
         b.to_bytes()
 

@@ -67,10 +67,10 @@ def test_truncation_error_matches_dense_svd():
 def test_concatenated_lora_and_growth_equal_hooks(tiny_host):
     """Growth through reserved slots == growth hooks, checked on a host widened by R zero neurons."""
     ref = tiny_host.ref
-    lora = Brick(meta=BrickMeta(name="l", kind="lora", host=ref), lora={
+    lora = Brick(BrickMeta(name="l", kind="lora", host=ref), {
         "model.layers.2.mlp.down_proj": LoraModule(torch.randn(3, 128) * 0.1, torch.randn(64, 3) * 0.1, 6.0)})
     g = GrowthNeurons(torch.randn(2, 64) * 0.3, torch.randn(2, 64) * 0.3, torch.randn(64, 2) * 0.3)
-    grow = Brick(meta=BrickMeta(name="g", kind="growth", host=ref), growth={2: g})
+    grow = Brick(BrickMeta(name="g", kind="growth", host=ref), {2: g})
     asm = assemble(ref, [BrickUse(lora), BrickUse(grow)])
     want = _logits_with(tiny_host, asm)
     adapter = assembly_adapter(asm, max_rank=16, reserved=4)
@@ -116,8 +116,8 @@ def test_peft_roundtrip_through_import(tiny_host, tmp_path):
     from bricks.peft_io import brick_from_peft
 
     mod = "model.layers.1.mlp.down_proj"
-    b = Brick(meta=BrickMeta(name="l", kind="lora", host=tiny_host.ref),
-              lora={mod: LoraModule(torch.randn(4, 128), torch.randn(64, 4), alpha=8.0)})
+    b = Brick(BrickMeta(name="l", kind="lora", host=tiny_host.ref),
+              {mod: LoraModule(torch.randn(4, 128), torch.randn(64, 4), alpha=8.0)})
     adapter = assembly_adapter(assemble(tiny_host.ref, [BrickUse(b)]), max_rank=16)
     back = brick_from_peft(write_peft(adapter, tmp_path / "a"), "back", tiny_host.ref)
     lm, orig = back.lora[mod], b.lora[mod]

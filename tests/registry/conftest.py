@@ -22,7 +22,7 @@ def make_lora(name: str, rank: int = 2, seed: int = 0) -> Brick:
     g = torch.Generator().manual_seed(seed)
     module = LoraModule(torch.randn(rank, HOST.d_ff, generator=g), torch.randn(HOST.d_model, rank, generator=g), 8.0)
     meta = BrickMeta(name=name, kind="lora", host=HOST)
-    return Brick(meta=meta, lora={"model.layers.0.mlp.down_proj": module})
+    return Brick(meta, {"model.layers.0.mlp.down_proj": module})
 
 
 def blob_files(root: Path) -> list[Path]:

@@ -16,8 +16,8 @@ def reg(tmp_path, tiny_host):
     r.publish(neuron_brick("steer-a", ref, {1: [5]}, gain=1.0, offset={1: torch.tensor([0.5])}))
     r.publish(neuron_brick("steer-b", ref, {1: [5]}, gain=2.0, offset={1: torch.tensor([1.0])}))
     mod = "model.layers.1.mlp.down_proj"
-    r.publish(Brick(meta=BrickMeta(name="lora", kind="lora", host=ref),
-                    lora={mod: LoraModule(torch.randn(12, 128), torch.randn(64, 12), 12.0)}))
+    r.publish(Brick(BrickMeta(name="lora", kind="lora", host=ref),
+                    {mod: LoraModule(torch.randn(12, 128), torch.randn(64, 12), 12.0)}))
     return r
 
 

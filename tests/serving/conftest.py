@@ -49,8 +49,8 @@ def hand_made_bricks(ref) -> dict[str, Brick]:
                                "model.layers.9.mlp.up_proj": (ref.d_model, ref.d_ff)}.items():
         lora[mod] = LoraModule(torch.randn(4, d_in, generator=g) / d_in**0.5,
                                torch.randn(d_out, 4, generator=g) * 0.5, alpha=8.0)
-    out["lora"] = Brick(meta=BrickMeta(name="lora", kind="lora", host=ref), lora=lora)
-    out["grow"] = Brick(meta=BrickMeta(name="grow", kind="growth", host=ref), growth={
+    out["lora"] = Brick(BrickMeta(name="lora", kind="lora", host=ref), lora)
+    out["grow"] = Brick(BrickMeta(name="grow", kind="growth", host=ref), {
         i: GrowthNeurons(torch.randn(4, ref.d_model, generator=g) * 0.2, torch.randn(4, ref.d_model, generator=g) * 0.2,
                          torch.randn(ref.d_model, 4, generator=g) * 0.5) for i in (3, 18)})
     return out

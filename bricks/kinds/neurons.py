@@ -1,0 +1,222 @@
+"""`neurons` bricks: per layer, FFN neuron indices S and the affine map h[S] <- g * h[S] + v applied to them.
+
+Stored per layer: `indices` (sorted, unique int64), `gain` (a scalar gain is stored expanded), an optional
+`offset`, and optionally the per-label mean activations of S as evidence (`label_means`).
+Bricks compose in assembly order as affine maps: (g1, v1) then (g2, v2) is (g1*g2, g2*v1 + v2), into one
+dense gain row G[layer, d_ff] and offset row O[layer, d_ff] — what the vLLM gain table holds.
+On the LoRA path a gain is a down_proj delta (A = E_S, B = (g - 1) W_down[:, S]); an offset is a bias,
+not a low-rank delta, and is refused there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from bricks.errors import InvalidInputError
+from bricks.kinds.base import BrickUse, Kind, LoraContext, LowRank, bad_brick, check_layer
+from bricks.kinds.lora import module_name, widen
+
+if TYPE_CHECKING:
+    from bricks.format import Brick, BrickMeta, HostRef
+
+
+@dataclass
+class NeuronSet:
+    """Neurons of one layer and the affine map applied to them."""
+
+    indices: torch.Tensor  # int64 [r], sorted, unique
+    gain: torch.Tensor  # float32 [r] (a scalar gain is stored expanded)
+    offset: torch.Tensor | None = None  # float32 [r]
+    label_means: torch.Tensor | None = None  # float32 [n_labels, r]
+
+
+@dataclass
+class NeuronMap:
+    """The composed neuron map of an assembly: a dense gain and offset per layer."""
+
+    gain: torch.Tensor  # [n_layers, d_ff]
+    offset: torch.Tensor  # [n_layers, d_ff]
+
+    @classmethod
+    def identity(cls, n_layers: int, d_ff: int) -> NeuronMap:
+        return cls(torch.ones(n_layers, d_ff), torch.zeros(n_layers, d_ff))
+
+    def is_identity(self) -> bool:
+        return bool((self.gain == 1).all() and (self.offset == 0).all())
+
+    def has_offset(self) -> bool:
+        return bool((self.offset != 0).any())
+
+    def touched_layers(self) -> list[int]:
+        return [i for i in range(self.gain.shape[0]) if (self.gain[i] != 1).any() or (self.offset[i] != 0).any()]
+
+
+def compose_neurons(uses: list[BrickUse], n_layers: int, d_ff: int) -> NeuronMap:
+    m = NeuronMap.identity(n_layers, d_ff)
+    for u in uses:
+        for layer, s in u.brick.neurons.items():
+            g = s.gain if u.gain is None else torch.full_like(s.gain, float(u.gain))
+            v = torch.zeros_like(g) if s.offset is None else s.offset * float(u.offset_scale)
+            idx = s.indices
+            m.offset[layer, idx] = g * m.offset[layer, idx] + v
+            m.gain[layer, idx] = m.gain[layer, idx] * g
+    return m
+
+
+def _neuron_hook(gain: torch.Tensor, offset: torch.Tensor | None):
+    def hook(module, args):
+        h = args[0]
+        out = h * gain.to(h.dtype)
+        if offset is not None:
+            out = out + offset.to(h.dtype)
+        return (out, *args[1:])
+
+    return hook
+
+
+def neuron_map_hooks(model: torch.nn.Module, adapter: Any, nmap: NeuronMap) -> list:
+    """Forward-pre-hooks on down_proj: h <- h * G[layer] + O[layer] (only on layers the map changes)."""
+    handles = []
+    for layer in nmap.touched_layers():
+        off = nmap.offset[layer] if (nmap.offset[layer] != 0).any() else None
+        handles.append(adapter.down_proj(model, layer).register_forward_pre_hook(_neuron_hook(nmap.gain[layer], off)))
+    return handles
+
+
+@contextmanager
+def neuron_map_applied(model: torch.nn.Module, adapter: Any, nmap: NeuronMap) -> Iterator[None]:
+    handles = neuron_map_hooks(model, adapter, nmap)
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def neuron_map_to_lora(nmap: NeuronMap, w_down: dict[int, torch.Tensor], adapter_name: str = "assembly"
+                       ) -> dict[str, LowRank]:
+    """down_proj deltas for a composed neuron map (gain part only); `w_down[layer]` is [d_model, d_ff]."""
+    if nmap.has_offset():
+        raise InvalidInputError(
+            f"{adapter_name}: neuron bricks with offsets (steering, mean-ablation) cannot be expressed as LoRA",
+            "serve them with engine.neuron_path: gain_table, or drop the offset (offset_scale: 0)")
+    out = {}
+    for layer in nmap.touched_layers():
+        s = torch.nonzero(nmap.gain[layer] != 1).flatten()
+        A = torch.zeros(len(s), nmap.gain.shape[1])
+        A[torch.arange(len(s)), s] = 1.0
+        B = w_down[layer].float()[:, s] * (nmap.gain[layer, s] - 1)
+        out[module_name(layer, "down_proj")] = LowRank(A, B)
+    return out
+
+
+class NeuronKind(Kind):
+    name = "neurons"
+    part_type = NeuronSet
+    unit = "neurons"
+
+    def owner_key(self, owner: int) -> str:
+        return str(owner)
+
+    def parse_owner(self, key: str) -> int:
+        return int(key)
+
+    def part_tensors(self, part: NeuronSet) -> dict[str, torch.Tensor]:
+        out = {"indices": part.indices, "gain": part.gain}
+        if part.offset is not None:
+            out["offset"] = part.offset
+        if part.label_means is not None:
+            out["label_means"] = part.label_means
+        return out
+
+    def part_from_tensors(self, tensors: dict[str, torch.Tensor]) -> NeuronSet:
+        return NeuronSet(tensors["indices"], tensors["gain"], tensors.get("offset"), tensors.get("label_means"))
+
+    def check_part(self, src: str, layer: int, s: NeuronSet, host: HostRef, brick: Brick) -> None:
+        check_layer(src, layer, host)
+        idx = s.indices
+        if idx.dtype != torch.int64 or idx.dim() != 1 or idx.numel() == 0:
+            raise bad_brick(src, f"layer {layer}: indices must be a non-empty 1-D int64 tensor")
+        if int(idx.min()) < 0 or int(idx.max()) >= host.d_ff:
+            raise bad_brick(src, f"layer {layer}: neuron index out of range [0, {host.d_ff})")
+        if idx.unique().numel() != idx.numel():
+            raise bad_brick(src, f"layer {layer}: neuron indices repeat")
+        r = idx.numel()
+        for name, t in (("gain", s.gain), ("offset", s.offset)):
+            if t is not None and (t.shape != (r,) or not t.is_floating_point()):
+                raise bad_brick(src, f"layer {layer}: {name} must be a float tensor of shape [{r}], "
+                                     f"got {tuple(t.shape)}")
+            if t is not None and not torch.isfinite(t).all():
+                raise bad_brick(src, f"layer {layer}: {name} holds NaN or inf")
+        n_labels = len(brick.meta.labels)
+        if s.label_means is not None and s.label_means.shape != (n_labels, r):
+            raise bad_brick(src, f"layer {layer}: label_means must be [{n_labels} labels, {r}], "
+                                 f"got {tuple(s.label_means.shape)}")
+
+    def layer_of(self, layer: int) -> int:
+        return layer
+
+    def part_size(self, part: NeuronSet) -> int:
+        return int(part.indices.numel())
+
+    def has_offsets(self, meta: BrickMeta, load: Callable[[], Brick]) -> bool:
+        recorded = meta.params.get("has_offset")
+        if recorded is not None:
+            return bool(recorded)
+        return any(s.offset is not None for s in load().parts.values())  # older metadata does not say
+
+    def compose(self, uses: list[BrickUse], host: HostRef) -> NeuronMap:
+        return compose_neurons(uses, host.n_layers, host.d_ff)
+
+    def order_matters(self, uses: list[BrickUse]) -> bool:
+        """Offsets do not commute: two bricks setting offsets on one neuron compose in the given order."""
+        seen: dict[int, set[int]] = {}
+        for u in uses:
+            for layer, s in u.brick.neurons.items():
+                if s.offset is None or u.offset_scale == 0:
+                    continue
+                idx = set(s.indices.tolist())
+                if seen.get(layer, set()) & idx:
+                    return True
+                seen.setdefault(layer, set()).update(idx)
+        return False
+
+    def is_empty(self, composed: NeuronMap) -> bool:
+        return composed.is_identity()
+
+    def hooks(self, model: torch.nn.Module, adapter: Any, composed: NeuronMap) -> list:
+        return neuron_map_hooks(model, adapter, composed)
+
+    def to_lora(self, composed: NeuronMap, ctx: LoraContext) -> dict[str, list[LowRank]]:
+        if ctx.w_down is None:  # served through the gain table, not the adapter
+            return {}
+        deltas = neuron_map_to_lora(composed, ctx.w_down)
+        return {mod: [widen(lr, mod, ctx.host, ctx.reserved)] for mod, lr in deltas.items()}
+
+    def lora_targets(self, brick: Brick, neuron_path: str) -> set[str]:
+        return {"down_proj"} if neuron_path == "lora" else set()
+
+
+KIND = NeuronKind()
+
+
+def neuron_brick(name: str, host: HostRef, layers: dict[int, Any], gain: float | torch.Tensor = 0.0,
+                 offset: dict[int, torch.Tensor] | None = None, **meta: Any) -> Brick:
+    """Build a neurons brick from {layer: indices}; a scalar gain is expanded per neuron."""
+    from bricks.format import Brick, BrickMeta
+
+    sets = {}
+    for layer, idx in layers.items():
+        idx, order = torch.sort(torch.as_tensor(idx, dtype=torch.int64).reshape(-1))
+        g = torch.as_tensor(gain, dtype=torch.float32)
+        g = g.expand(idx.numel()).clone() if g.dim() == 0 else g.float()[order]
+        off = None if offset is None or layer not in offset else torch.as_tensor(offset[layer]).float()[order]
+        sets[int(layer)] = NeuronSet(idx, g, off)
+    brick = Brick(BrickMeta(name=name, kind=KIND.name, host=host, **meta), sets)
+    brick.validate()
+    return brick
