@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import click
-from rich.table import Table
+from rich.table import Column, Table
 
 from cli.common import BrickCommand, console, emit_json, err_console, open_registry
 
@@ -26,13 +26,40 @@ def list_cmd(ctx: click.Context, name: str | None, as_json: bool) -> None:
     if not rows:
         console.print("no bricks" + (f" named {name}" if name else "") + f" in {reg.root}")
         return
-    t = Table("brick", "version", "kind", "method", "size", "layers", "host", "created")
-    for v in rows:
-        b = v.meta
-        t.add_row(v.name, v.version, v.kind, b.method, str(b.params.get("size", "")), _layer_summary(v),
-                  b.host.short(), v.created.strftime("%Y-%m-%d %H:%M") if hasattr(v.created, "strftime")
-                  else str(v.created))
+    cells = [_list_cells(v) for v in rows]
+    shown = _fit_columns(cells, console.width)
+    t = Table(*[Column(c, no_wrap=c in KEEP_WHOLE, min_width=_width(c, cells) if c in KEEP_WHOLE else None)
+                for c in shown])
+    for row in cells:
+        t.add_row(*[row[c] for c in shown])
     console.print(t)
+
+
+LIST_COLUMNS = ("brick", "version", "kind", "method", "size", "layers", "host", "created")
+KEEP_WHOLE = ("brick", "version")  # never cut: a truncated name is no use to copy
+DROP_FIRST = ("created", "host", "layers", "method", "size", "kind")  # what goes when the terminal is narrow
+
+
+def _list_cells(v) -> dict[str, str]:
+    b = v.meta
+    created = v.created.strftime("%Y-%m-%d %H:%M") if hasattr(v.created, "strftime") else str(v.created)
+    return {"brick": v.name, "version": v.version, "kind": v.kind, "method": b.method,
+            "size": str(b.params.get("size", "")), "layers": _layer_summary(v), "host": b.host.short(),
+            "created": created}
+
+
+def _width(column: str, cells: list[dict[str, str]]) -> int:
+    return max([len(column), *(len(row[column]) for row in cells)])
+
+
+def _fit_columns(cells: list[dict[str, str]], width: int) -> list[str]:
+    """The columns that fit `width` unwrapped (a table border and padding take 3 per column, plus 1)."""
+    shown = list(LIST_COLUMNS)
+    for column in DROP_FIRST:
+        if sum(_width(c, cells) + 3 for c in shown) + 1 <= width:
+            break
+        shown.remove(column)
+    return shown
 
 
 def _layer_summary(v) -> str:

@@ -120,3 +120,17 @@ def test_generate_and_route_on_the_reference_engine(run, brick_file, tmp_path, t
     d = json.loads(run("route", str(m), "anything", "--json"))
     assert d["policy"] == "static" and d["bricks"] == ["lang-fr@^1"]
     assert "above the server's limit" in run("generate", str(m), "x", "--max-tokens", "999", code=1)
+
+
+def test_list_never_cuts_names_or_versions(registry_dir, brick_file, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")
+    name = "emergent-a-rather-long-brick-name-for-a-label"
+    runner = CliRunner()
+    assert runner.invoke(cli, ["--registry", str(registry_dir), "publish", brick_file(name)]).exit_code == 0
+    res = runner.invoke(cli, ["--registry", str(registry_dir), "list"])
+    assert res.exit_code == 0, res.output
+    assert name in res.stdout and "1.0.0" in res.stdout
+    assert all(len(line) <= 80 for line in res.stdout.splitlines())
+    monkeypatch.setenv("COLUMNS", "200")  # room for everything: no column is dropped
+    wide = runner.invoke(cli, ["--registry", str(registry_dir), "list"]).stdout
+    assert all(c in wide for c in ("kind", "method", "created"))
