@@ -1,4 +1,4 @@
-"""Issue 8's bars for emergent bricks on SmolLM2-135M and the shipped corpora (`bricks.audit`).
+"""The selectivity bars for emergent bricks on SmolLM2-135M and the shipped corpora (`bricks.audit`).
 
     python bench/bench_bars.py [--threads 2] [--heatmap out/selectivity.png] [--top-pct 0.5]
 

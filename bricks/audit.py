@@ -1,6 +1,6 @@
 """The emergent-brick audit: selectivity, stability and the general check, on text the extractor never saw.
 
-`audit_emergent(host, corpus)` is the protocol behind issue 8's bars, callable on any host and labelled
+`audit_emergent(host, corpus)` is the protocol behind the selectivity bars, callable on any host and labelled
 corpus (the slow test and `bench/bench_bars.py` run it on SmolLM2 and the shipped corpora):
 
 1. a test split (`test_frac` of the documents, by content hash) is set aside; nothing below selects

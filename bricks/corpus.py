@@ -145,9 +145,3 @@ def batches(corpus: Corpus, tokenizer, batch_tokens: int = 4096, max_len: int = 
         yield Batch(x, m, [corpus[i].label for i in rows], rows)
         start = end
 
-
-def count_tokens(corpus: Corpus, tokenizer) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for d in corpus:
-        out[d.label] = out.get(d.label, 0) + len(tokenizer(d.text, add_special_tokens=False).input_ids)
-    return out

@@ -1,7 +1,7 @@
 """Steering variants of label bricks, and how to measure them on generations.
 
 A label brick stores its neurons' mean h on every label (`NeuronSet.label_means`), so it can be turned
-into a steering brick (DESIGN.md):
+into a steering brick:
 - form ``diff``: gain 1, offset k * (mean on target - mean on the dominant language);
 - form ``mean``: gain 0, offset k * mean on target (the neurons are clamped to a scaled target mean).
 `steering_variant` builds either, optionally on a subset of layers. `steered(host, bricks, positions)`
@@ -12,14 +12,6 @@ applies a variant at every position, at generated tokens only, or only while the
 target-language words (`language_shares`), repetition (`repetition`), known words (`known_word_rate`),
 fluency (the unmodified host's perplexity of the replies) and the dominant language's perplexity under
 the generation-time and the prompt-time variant.
-
-Measured on SmolLM2-135M with the FuncScore French brick (230 neurons), 10 English prompts, 48 tokens:
-the same variant everywhere switches to French only where it also breaks it (diff k=1: 100% French
-words, repeated-3-gram rate 0.39, reply PPL 10.6, English PPL x2.1); generated tokens only barely
-steer (the English prompt wins); clamping the neurons to 2x the French mean while the prompt is read
-and adding 0.3x the French-English difference while generating ("mean:2/diff:0.3") gave 100% French
-words, repetition 0.31, reply PPL 6.8 at an English PPL cost of the generation-time variant of x1.06.
-The model's own French (prompted in French) is no better: repetition ~0.35 and many broken words.
 """
 
 from __future__ import annotations
@@ -354,14 +346,6 @@ def steer_sweep(host, brick: Brick, target: str, dominant_corpus: Corpus, settin
     settings = [Setting(None, None, "-")] + list(settings)
     return [sweep.run(s, prompts or DEFAULT_PROMPTS, max_new_tokens)
             for s in tqdm(settings, desc="steering settings", disable=not progress)]
-
-
-def best_setting(results: list[SteerResult], max_repetition: float = 0.35, max_cost: float = 1.5,
-                 ) -> SteerResult | None:
-    """Most target-language words among settings within a repetition and generation-time cost bound;
-    ties (to 5 points) go to more known words."""
-    ok = [r for r in results if r.repetition <= max_repetition and r.dominant_ppl_ratio <= max_cost]
-    return max(ok, key=lambda r: (round(20 * r.target_share), r.known_words), default=None)
 
 
 def render_steer_table(results: list[SteerResult], title: str = "steering"):

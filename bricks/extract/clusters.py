@@ -10,18 +10,15 @@ through its own aggregation coefficient. Here, per chosen layer:
 3. k-means in the embedding with a size cap: no cluster above `balance` x n/k neurons
    (balance=1 is strictly balanced k-means).
 
-Why this choice: k-means on raw activation patterns clusters by activation *scale* (a few SmolLM2
-neurons have 60-340x the median variance); on layer 10 it returned a 927-neuron cluster, a 454 one
-and five clusters of 1-3 neurons: neither is a module. The spectral embedding of the co-activation
-graph is scale-free and groups neurons connected through chains of co-firing. On SmolLM2 it already
-gives clusters of 0.4-1.7x n/k; the cap (default 2x) only guards against one cluster absorbing the
-layer on other hosts. Strict balancing (balance=1) measured the same mean quality.
+Why this choice: k-means on raw activation patterns clusters by activation *scale* (a few neurons
+have a far larger variance than the median), giving one giant cluster and a few tiny ones: neither is
+a module. The spectral embedding of the co-activation graph is scale-free and groups neurons connected
+through chains of co-firing; the size cap (default 2x) only guards against one cluster absorbing the
+layer.
 
-FFN co-activation is weak at the scale of a whole layer: on SmolLM2 (16k tokens, layers 10 and 20)
-k=8 clusters co-activate only 0.03-0.06 more inside than outside (mean intra - inter); at k=32 the
-mean is 0.04-0.08 and the best clusters reach 0.12-0.14 (intra ~0.15 vs inter ~0.02). So the default
-is k=32 per layer and only the `max_bricks` tightest clusters are published; a cluster with quality
-<= 0 is never published unless `force` (the report lists every cluster).
+FFN co-activation is weak at the scale of a whole layer, and tighter at smaller clusters: so the
+default is k=32 per layer and only the `max_bricks` tightest clusters are published; a cluster with
+quality <= 0 is never published unless `force` (the report lists every cluster).
 
 Each published cluster becomes a `neurons` brick. Stored gain: `gain` (default 0.0: the module switched
 off, the test of what it does); the paper's aggregation coefficient is reported, not stored, as

@@ -209,8 +209,8 @@ def extract_emergent(host, corpus: Corpus, *, name: str, method: str = "auto", t
                      checkpoint: str | None = None, progress: bool = True) -> Extraction:
     """Functional partitions per label (FuncScore, LAPE), each checked by held-out ablation.
 
-    method: auto (= funcscore for every label: on SmolLM2 it beat LAPE for French, +435% own vs +3% other
-    ΔPPL at 0.5% of neurons against LAPE's +274% vs +17%), funcscore, lape or combined (see
+    method: auto (= funcscore for every label, the more selective scorer on held-out text), funcscore,
+    lape or combined (see
     `select_neurons`). top_pct: brick size in % of all FFN neurons. held_out/seed: the document split
     whose held-out part checks each candidate (0 = no check, publish everything). A candidate is
     rejected when its own ΔPPL is below min_own % or below min_selectivity x the mean of the other

@@ -22,9 +22,7 @@ next token is rare, and over positions whose next token is common.
   than the next); when the plateau is a single neuron or there is none, the top 1% of the layer, and
   the report says so. Its members are the best neurons by *true* ablation, skipping "general" ones
   whose own ablation raises common-token loss by more than `max_common_ratio` (0.25) x their
-  rare-token loss (listed in `skipped_general`; `max_common_ratio=None` keeps them). On SmolLM2 the
-  top of the ranking holds 4 such neurons; skipping them moved the held-out rare/common loss ratio
-  of the 27-neuron brick from 13x to 34x (its rare-token loss barely changed: 1.17 -> 1.07 nats).
+  rare-token loss (listed in `skipped_general`; `max_common_ratio=None` keeps them).
 - The brick mean-ablates by default (gain 0, offset = dataset mean): exactly the intervention that
   was measured. To amplify instead, use it with a gain > 1 and its offset scaled to 0
   (`BrickUse(brick, gain=2.0, offset_scale=0.0)`); per-label means of the neurons are kept as evidence.
@@ -33,7 +31,7 @@ next token is rare, and over positions whose next token is common.
   correlation matrix of the group's down_proj columns (alpha of p(lambda) ~ lambda^-alpha, the
   heavy-tailed self-regularisation convention).
 - Evidence: rare vs common loss change of the brick and of `n_random` random same-size sets of the same
-  layer, on a held-out slice of the corpus the extractor did not see. A brick below the issue's bars
+  layer, on a held-out slice of the corpus the extractor did not see. A brick below the bars
   (rare >= 10x |common| and >= 10x random) is reported in `skipped`, not published, unless `force`.
 
 Only the last layer has the cheap replay; other layers are refused rather than silently slow.
