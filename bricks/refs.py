@@ -1,15 +1,20 @@
-"""Brick references (`name`, `name@1.2.0`, `name@^1.0`, `name@stable`) and semantic versions.
+"""Brick names, tags, versions and refs (`name`, `name@1.2.0`, `name@^1.0`, `name@stable`): the one grammar.
+
+Torch-free, so the manifest loader, the registry and the HTTP layer all parse refs with this module.
 
 Grammar of a ref: ``NAME[@SELECTOR]`` where SELECTOR is one of
 
 - ``latest`` (also what a bare name means): the highest version,
 - ``1.2.0``: exactly that version,
 - ``1`` or ``1.2``: the highest version with that prefix,
-- ``^1.2`` / ``^1.2.3``: the highest version with the same major that is >= the given one,
-- ``~1.2`` / ``~1.2.3``: the highest version with the same major.minor that is >= the given one,
-- a tag name (starts with a letter, e.g. ``stable``): the version the tag points to.
+- ``^1`` / ``^1.2`` / ``^1.2.3``: the highest version with the same major that is >= the given one,
+- ``~1.2`` / ``~1.2.3``: the highest version with the same major.minor that is >= the given one
+  (a tilde range needs a minor: ``~1`` would only repeat ``^1``),
+- a tag name (starts with a letter, e.g. ``stable``, and does not look like a version such as ``v1.2``):
+  the version the tag points to.
 
-``latest`` is computed, never stored, so it cannot go stale or be moved by hand.
+A ref is exact text: no spaces around it. ``latest`` is computed, never stored, so it cannot go stale
+or be moved by hand.
 """
 
 from __future__ import annotations
@@ -19,23 +24,28 @@ from dataclasses import dataclass
 from typing import Literal, NamedTuple, cast
 
 from bricks.errors import InvalidInputError
-from bricks.format import NAME_RE
 
 Bump = Literal["patch", "minor", "major"]
 SelectorKind = Literal["latest", "exact", "partial", "caret", "tilde", "tag"]
 
+# `\Z`, not `$`: `$` also matches before a trailing newline, and "x\n" is not a name.
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}\Z")
 _NUM = r"(0|[1-9]\d*)"
-VERSION_RE = re.compile(rf"^{_NUM}\.{_NUM}\.{_NUM}$")
-_PREFIX_RE = re.compile(rf"^([~^]?){_NUM}(?:\.{_NUM})?(?:\.{_NUM})?$")
+VERSION_RE = re.compile(rf"^{_NUM}\.{_NUM}\.{_NUM}\Z")
+_CARET_RE = re.compile(rf"^\^{_NUM}(?:\.{_NUM})?(?:\.{_NUM})?\Z")
+_TILDE_RE = re.compile(rf"^~{_NUM}\.{_NUM}(?:\.{_NUM})?\Z")
+_PREFIX_RE = re.compile(rf"^{_NUM}(?:\.{_NUM})?(?:\.{_NUM})?\Z")
 # Tags start with a letter so a tag can never be mistaken for a version or a range.
-TAG_RE = re.compile(r"^[a-z][a-z0-9._-]{0,63}$")
+TAG_RE = re.compile(r"^[a-z][a-z0-9._-]{0,63}\Z")
 # `v1.2` is a legal tag by TAG_RE but reads like a version; refuse it to avoid confusion.
-_VERSIONISH_TAG_RE = re.compile(r"^v\d+(\.\d+)*$")
+_VERSIONISH_TAG_RE = re.compile(r"^v\d+(\.\d+)*\Z")
 RESERVED_TAGS = frozenset({"latest"})
 
+NAME_RULE = "1-64 lowercase letters, digits, '.', '_' or '-', starting with a letter or digit"
+REF_FORMS = "name, name@1.2.0, name@^1.0, name@~1.2, name@1, name@tag or name@latest"
 REF_GRAMMAR = (
-    "write a ref as NAME or NAME@SELECTOR, where SELECTOR is latest, an exact version (1.2.0), "
-    "a prefix (1 or 1.2), a caret range (^1.2), a tilde range (~1.2) or a tag (stable)"
+    f"write a ref as NAME or NAME@SELECTOR ({REF_FORMS}), where SELECTOR is latest, an exact version "
+    "(1.2.0), a prefix (1 or 1.2), a caret range (^1.2), a tilde range (~1.2) or a tag (stable)"
 )
 
 
@@ -78,11 +88,8 @@ def check_bump(bump: str) -> Bump:
 
 
 def check_name(name: str) -> str:
-    if not NAME_RE.match(name):
-        raise InvalidInputError(
-            f"{name!r} is not a valid brick name",
-            "use 1-64 lowercase letters, digits, '.', '_' or '-', starting with a letter or digit",
-        )
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        raise InvalidInputError(f"{name!r} is not a valid brick name", f"use {NAME_RULE}")
     return name
 
 
@@ -128,7 +135,7 @@ class BrickRef:
         if self.kind == "caret":
             return v.major == p[0] and v >= _pad(p)
         if self.kind == "tilde":
-            return tuple(v[: min(len(p), 2)]) == p[:2] and v >= _pad(p)
+            return tuple(v[:2]) == p[:2] and v >= _pad(p)
         return False
 
     def pick(self, versions: list[Version], tags: dict[str, Version]) -> Version | None:
@@ -143,30 +150,46 @@ def _pad(parts: tuple[int, ...]) -> Version:
     return Version(*(parts + (0, 0, 0))[:3])
 
 
+def ref_name(ref: str) -> str:
+    """The brick name part of a ref's text (`lang-fr@^1` -> `lang-fr`), without checking it."""
+    return ref.partition("@")[0]
+
+
 def parse_ref(ref: str) -> BrickRef:
-    """Parse `NAME[@SELECTOR]`; anything else raises InvalidInputError explaining the grammar."""
-    if not isinstance(ref, str) or ref.count("@") > 1:
-        raise InvalidInputError(f"{ref!r} is not a brick ref", REF_GRAMMAR)
-    name, at, selector = ref.strip().partition("@")
+    """Parse `NAME[@SELECTOR]`; anything else raises InvalidInputError saying what is wrong and the grammar."""
+    if not isinstance(ref, str):
+        raise InvalidInputError(f"{ref!r} is not a brick ref: a ref is text", REF_GRAMMAR)
+    name, at, selector = ref.partition("@")
     if not NAME_RE.match(name):
-        raise InvalidInputError(f"{ref!r} is not a brick ref: the name {name!r} is not valid",
-                                "names use 1-64 lowercase letters, digits, '.', '_' or '-'; " + REF_GRAMMAR)
+        raise InvalidInputError(f"{ref!r} is not a brick ref: {name!r} is not a brick name ({NAME_RULE})",
+                                REF_GRAMMAR)
     if not at:
         return BrickRef(name)
-    return BrickRef(name, selector, *_parse_selector(ref, selector))
+    kind, parts = _parse_selector(selector)
+    if kind is None:
+        raise InvalidInputError(f"{ref!r} is not a brick ref: {_selector_problem(selector)}", REF_GRAMMAR)
+    return BrickRef(name, selector, kind, parts)
 
 
-def _parse_selector(ref: str, selector: str) -> tuple[SelectorKind, tuple[int, ...]]:
+def _parse_selector(selector: str) -> tuple[SelectorKind | None, tuple[int, ...]]:
     if selector == "latest":
         return "latest", ()
-    m = _PREFIX_RE.match(selector)
-    if m:
-        op, nums = m.group(1), tuple(int(g) for g in m.groups()[1:] if g is not None)
-        if op == "^":
-            return "caret", nums
-        if op == "~":
-            return "tilde", nums
-        return ("exact" if len(nums) == 3 else "partial"), nums
+    for kind, pattern in (("caret", _CARET_RE), ("tilde", _TILDE_RE), ("partial", _PREFIX_RE)):
+        m = pattern.match(selector)
+        if m:
+            parts = tuple(int(g) for g in m.groups() if g is not None)
+            return ("exact" if kind == "partial" and len(parts) == 3 else kind), parts
     if TAG_RE.match(selector) and not _VERSIONISH_TAG_RE.match(selector):
         return "tag", ()
-    raise InvalidInputError(f"{ref!r} is not a brick ref: the selector {selector!r} is not valid", REF_GRAMMAR)
+    return None, ()
+
+
+def _selector_problem(selector: str) -> str:
+    if not selector:
+        return "nothing after '@'"
+    if _VERSIONISH_TAG_RE.match(selector):
+        return f"{selector!r} after '@' looks like a version but is not one (versions have no 'v': {selector[1:]})"
+    if re.match(rf"^~{_NUM}\Z", selector):
+        return (f"{selector!r} after '@' is a tilde range without a minor (write ~{selector[1:]}.0 for "
+                f"{selector[1:]}.0.x, or ^{selector[1:]} for any {selector[1:]}.x)")
+    return f"{selector!r} after '@' is not a version, range or tag"

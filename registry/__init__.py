@@ -1,7 +1,8 @@
 """brickwork: registry — the versioned, content-addressed store of bricks (see registry.registry)."""
 
+from bricks.refs import BrickRef, Version, parse_ref, parse_version
+
 from .catalog import TagEvent, VersionInfo
-from .refs import BrickRef, Version, parse_ref, parse_version
 from .registry import Registry, VerifyProblem, default_registry_path
 from .store import CorruptBlobError
 

@@ -23,10 +23,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from bricks.errors import InvalidInputError
 from bricks.format import Brick, BrickMeta, brick_from_bytes
+from bricks.refs import check_name, check_tag, parse_ref, parse_version
 
 from . import catalog as cat
 from .catalog import VersionInfo
-from .refs import check_name, check_tag, parse_ref, parse_version
 from .store import DIGEST_RE, sha256_hex
 
 if TYPE_CHECKING:

@@ -20,8 +20,7 @@ from typing import Any
 
 from bricks.errors import ConflictError
 from bricks.format import BrickMeta
-
-from .refs import Version
+from bricks.refs import Version
 
 BUSY_TIMEOUT_S = 30.0
 

@@ -26,11 +26,21 @@ import platformdirs
 
 from bricks.errors import ConflictError, InvalidInputError, NotFoundError
 from bricks.format import Brick, brick_from_bytes
+from bricks.refs import (
+    FIRST_VERSION,
+    BrickRef,
+    Bump,
+    Version,
+    check_bump,
+    check_name,
+    check_tag,
+    parse_ref,
+    parse_version,
+)
 
 from . import catalog as cat
 from .archive import export_archive, import_archive
 from .catalog import Catalog, TagEvent, VersionInfo
-from .refs import FIRST_VERSION, BrickRef, Bump, Version, check_bump, check_name, check_tag, parse_ref, parse_version
 from .store import BlobStore, age_seconds
 
 ENV_VAR = "BRICK_REGISTRY"
@@ -132,7 +142,7 @@ class Registry:
 
     # --- reading ----------------------------------------------------------------------------------
     def resolve(self, ref: str) -> VersionInfo:
-        """The exact version a ref means now (see registry.refs for the grammar)."""
+        """The exact version a ref means now (see bricks.refs for the grammar)."""
         parsed = parse_ref(ref)
         with self.catalog.read() as conn:
             return self._resolve(conn, parsed)

@@ -3,8 +3,7 @@ from __future__ import annotations
 import pytest
 
 from bricks.errors import InvalidInputError
-from registry import parse_ref, parse_version
-from registry.refs import Version, check_tag
+from bricks.refs import Version, check_name, check_tag, parse_ref, parse_version
 
 V = [Version(*map(int, s.split("."))) for s in ("0.9.0", "1.0.0", "1.2.0", "1.2.5", "1.3.1", "2.0.0", "2.1.0")]
 
@@ -16,10 +15,12 @@ V = [Version(*map(int, s.split("."))) for s in ("0.9.0", "1.0.0", "1.2.0", "1.2.
     ("a.b_c-1@stable", "a.b_c-1", "stable", "tag", ()),
     ("x@^1.0", "x", "^1.0", "caret", (1, 0)),
     ("x@^1.2.3", "x", "^1.2.3", "caret", (1, 2, 3)),
+    ("x@^1", "x", "^1", "caret", (1,)),
     ("x@~1.2", "x", "~1.2", "tilde", (1, 2)),
     ("x@1", "x", "1", "partial", (1,)),
     ("x@1.2", "x", "1.2", "partial", (1, 2)),
     ("0name@0.0.0", "0name", "0.0.0", "exact", (0, 0, 0)),
+    ("x@v2.x", "x", "v2.x", "tag", ()),
 ])
 def test_parse_good_refs(ref, name, selector, kind, parts):
     r = parse_ref(ref)
@@ -29,6 +30,7 @@ def test_parse_good_refs(ref, name, selector, kind, parts):
 @pytest.mark.parametrize("ref", [
     "", "@1.0.0", "Upper", "-lead", "a" * 65, "has space", "x@", "x@@1", "x@1@2", "x@1.2.3.4", "x@01.2.3",
     "x@1.02", "x@^", "x@~", "x@^x", "x@1.x", "x@v1.2", "x@Stable", "x@-tag", "x@1.2.3-rc1", "x@>=1.0", "x/y",
+    "x@~1", " x", "x ", "x\n", "x@1\n", "x@1 ", None, 3,
 ])
 def test_parse_bad_refs_explain_grammar(ref):
     with pytest.raises(InvalidInputError) as e:
@@ -39,11 +41,39 @@ def test_parse_bad_refs_explain_grammar(ref):
 @pytest.mark.parametrize(("sel", "want"), [
     ("latest", "2.1.0"), ("1.2.0", "1.2.0"), ("1", "1.3.1"), ("1.2", "1.2.5"), ("0", "0.9.0"),
     ("^1.0", "1.3.1"), ("^1.2.3", "1.3.1"), ("^1.3.2", None), ("^2", "2.1.0"), ("^3.0", None),
-    ("~1.2", "1.2.5"), ("~1.2.3", "1.2.5"), ("~1.2.6", None), ("~1", "1.3.1"), ("1.2.1", None), ("4", None),
+    ("~1.2", "1.2.5"), ("~1.2.3", "1.2.5"), ("~1.2.6", None), ("1.2.1", None), ("4", None),
 ])
 def test_selection(sel, want):
     picked = parse_ref(f"x@{sel}").pick(V, {})
     assert (str(picked) if picked else None) == want
+
+
+@pytest.mark.parametrize(("ref", "words"), [
+    ("x@v1.2", ["looks like a version", "1.2"]),
+    ("x@~1", ["tilde range without a minor", "~1.0", "^1"]),
+    ("x@>=1.0", ["'>=1.0' after '@' is not a version, range or tag"]),
+    ("x@", ["nothing after '@'"]),
+    ("X@1", ["'X' is not a brick name", "lowercase"]),
+])
+def test_bad_refs_say_what_is_wrong(ref, words):
+    with pytest.raises(InvalidInputError) as e:
+        parse_ref(ref)
+    assert all(word in e.value.problem for word in words), e.value.problem
+
+
+def test_names():
+    assert check_name("lang-fr.v2_x") == "lang-fr.v2_x"
+    for bad in ("", "Lang", "-x", "x\n", "a" * 65, "x y"):
+        with pytest.raises(InvalidInputError, match="not a valid brick name"):
+            check_name(bad)
+
+
+def test_grammar_is_torch_free():
+    import subprocess
+    import sys
+
+    code = "import sys, bricks.refs; assert 'torch' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_tag_selection():
