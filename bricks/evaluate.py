@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from bricks.analysis.plots import pyplot, save_figure
 from bricks.apply import assembly_applied
 from bricks.compose import BrickUse, assemble
 from bricks.corpus import Corpus, batches
@@ -172,11 +173,9 @@ def _fmt(v, spec: str) -> str:
 
 def heatmap_png(report: SelectivityReport, path: str | Path) -> Path:
     """Bricks x labels ΔPPL% (symmetric log colour scale), plus each brick's random-set mean row."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from matplotlib.colors import SymLogNorm
+
+    plt = pyplot()
 
     rows, names = [], []
     for b in report.bricks:
@@ -197,11 +196,7 @@ def heatmap_png(report: SelectivityReport, path: str | Path) -> Path:
     fig.colorbar(im, ax=ax, label="ΔPPL %")
     ax.set_title("Perplexity change per label when the brick is applied")
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def _mean(xs: list[float]) -> float:

@@ -43,10 +43,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from bricks.analysis.spectrum import participation_ratio
 from bricks.corpus import Corpus
 from bricks.errors import InvalidInputError
 from bricks.extract import Extraction, extractor
-from bricks.extract.rare_tokens import participation_ratio
 from bricks.extract.zones import (
     TokenActivations,
     attach_profile,

@@ -15,7 +15,7 @@ next token is rare, and over positions whose next token is common.
   y' = y + W_down[:, S] (mean_S - h_S). With A = W_head diag(w_norm), the logits are
   (rms(y) * z + (A W_down[:, S]) d) / rms(y'): one rank-|S| update of cached logits per set, never a
   second forward. `bricks.apply` with the brick gives the same losses (tested).
-- Regimes: a continuous piecewise-linear fit of log(influence) against log(rank) with 0, 1 or 2
+- Regimes (`bricks.analysis.regimes`): a piecewise-linear fit of log(influence) against log(rank) with 0, 1 or 2
   breakpoints, chosen by BIC, names the plateau / power-law / fast-decay segments. It is fitted on the
   linearised curve of the whole layer (the only curve measured the same way for every neuron). The
   brick's size is the plateau's (the ranks before the first breakpoint when that segment is flatter
@@ -26,10 +26,9 @@ next token is rare, and over positions whose next token is common.
 - The brick mean-ablates by default (gain 0, offset = dataset mean): exactly the intervention that
   was measured. To amplify instead, use it with a gain > 1 and its offset scaled to 0
   (`BrickUse(brick, gain=2.0, offset_scale=0.0)`); per-label means of the neurons are kept as evidence.
-- Coordination: effective dimensionality (participation ratio of the activation covariance) of the
-  group vs random same-size groups, and the Hill heavy-tail alpha of the eigenvalue spectrum of the
-  correlation matrix of the group's down_proj columns (alpha of p(lambda) ~ lambda^-alpha, the
-  heavy-tailed self-regularisation convention).
+- Coordination (`bricks.analysis.spectrum`): effective dimensionality (participation ratio of the
+  activation covariance) of the group vs random same-size groups, and the Hill heavy-tail alpha of the
+  eigenvalue spectrum of the correlation matrix of the group's down_proj columns.
 - Evidence: rare vs common loss change of the brick and of `n_random` random same-size sets of the same
   layer, on a held-out slice of the corpus the extractor did not see. A brick below the bars
   (rare >= 10x |common| and >= 10x random) is reported in `skipped`, not published, unless `force`.
@@ -39,7 +38,6 @@ Only the last layer has the cheap replay; other layers are refused rather than s
 
 from __future__ import annotations
 
-import math
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +48,10 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from bricks.analysis.controls import random_sets
+from bricks.analysis.plots import plot_regimes
+from bricks.analysis.regimes import RegimeFit, fit_regimes
+from bricks.analysis.spectrum import participation_ratio, weight_spectrum_alpha
 from bricks.corpus import Corpus, batches
 from bricks.errors import InvalidInputError
 from bricks.extract import Extraction, extractor
@@ -281,127 +283,7 @@ def class_means(delta: torch.Tensor, cls: torch.Tensor) -> tuple[np.ndarray, np.
     return delta[:, rare].mean(1).double().numpy(), delta[:, common].mean(1).double().numpy()
 
 
-# --- regimes -----------------------------------------------------------------------------------------
-@dataclass
-class RegimeFit:
-    breaks: list[float]  # breakpoints in rank (not log-rank)
-    slopes: list[float]  # log-log slope of each segment
-    intercept: float
-    bic: dict[int, float]  # number of breakpoints -> BIC
-    names: list[str]  # regime name per segment
-
-    def predict(self, ranks: np.ndarray) -> np.ndarray:
-        """log(influence) predicted at the given ranks."""
-        x = np.log(ranks)
-        y = self.intercept + self.slopes[0] * x
-        for k, t in enumerate(np.log(self.breaks)):
-            y = y + (self.slopes[k + 1] - self.slopes[k]) * np.maximum(0.0, x - t)
-        return y
-
-    @property
-    def plateau_size(self) -> int:
-        """Neurons in the plateau (0 when the first segment is not a plateau)."""
-        return int(math.floor(self.breaks[0])) if self.names and self.names[0] == "plateau" else 0
-
-
-def _hinge_fit(x: np.ndarray, y: np.ndarray, knots: tuple[float, ...]) -> tuple[float, np.ndarray]:
-    cols = [np.ones_like(x), x] + [np.maximum(0.0, x - t) for t in knots]
-    design = np.stack(cols, axis=1)
-    coef, *_ = np.linalg.lstsq(design, y, rcond=None)
-    return float(((design @ coef - y) ** 2).sum()), coef
-
-
-def _best_knots(x: np.ndarray, y: np.ndarray, n_breaks: int, min_pts: int) -> tuple[float, tuple, np.ndarray]:
-    cands = x[min_pts: len(x) - min_pts]
-    best = (math.inf, (), np.zeros(2))
-    if n_breaks == 0:
-        rss, coef = _hinge_fit(x, y, ())
-        return rss, (), coef
-    for i, t1 in enumerate(cands):
-        if n_breaks == 1:
-            rss, coef = _hinge_fit(x, y, (t1,))
-            best = min(best, (rss, (t1,), coef), key=lambda b: b[0])
-            continue
-        for t2 in cands[i + min_pts:]:
-            rss, coef = _hinge_fit(x, y, (t1, t2))
-            best = min(best, (rss, (t1, t2), coef), key=lambda b: b[0])
-    return best
-
-
-def fit_regimes(influence: np.ndarray, max_breaks: int = 2, n_points: int = 80) -> RegimeFit:
-    """Piecewise-linear fit of log(influence) vs log(rank) with 0..max_breaks breakpoints, chosen by BIC.
-
-    `influence` is sorted in decreasing order; non-positive values end the curve (no logarithm). The
-    curve is resampled at log-spaced ranks so the few top ranks weigh as much as the long tail.
-    """
-    vals = np.asarray(influence, dtype=np.float64)
-    vals = vals[: int(np.argmax(vals <= 0)) if (vals <= 0).any() else len(vals)]
-    if len(vals) < 8:
-        raise InvalidInputError(f"only {len(vals)} neurons have a positive influence: too few to fit regimes",
-                                "use a larger corpus (more rare-token positions)")
-    ranks = np.unique(np.round(np.geomspace(1, len(vals), n_points)).astype(int))
-    x, y = np.log(ranks), np.log(vals[ranks - 1])
-    n, fits, bic = len(x), {}, {}
-    for k in range(max_breaks + 1):
-        rss, knots, coef = _best_knots(x, y, k, min_pts=2)
-        fits[k] = (knots, coef)
-        bic[k] = n * math.log(max(rss, 1e-300) / n) + (2 + 2 * k) * math.log(n)
-    k = min(bic, key=bic.get)
-    knots, coef = fits[k]
-    slopes = list(np.cumsum(coef[1:]))
-    return RegimeFit([float(np.exp(t)) for t in knots], [float(s) for s in slopes], float(coef[0]),
-                     bic, _regime_names(slopes))
-
-
-def _regime_names(slopes: list[float]) -> list[str]:
-    """Name segments by steepness: a first segment flatter than the next is the plateau."""
-    if len(slopes) == 1:
-        return ["power-law"]
-    if len(slopes) == 2:
-        return ["plateau", "power-law"] if slopes[0] > slopes[1] else ["power-law", "fast-decay"]
-    first = "plateau" if slopes[0] > slopes[1] else "power-law"
-    return [first, "power-law" if first == "plateau" else "power-law-2", "fast-decay"]
-
-
 # --- group statistics -------------------------------------------------------------------------------
-def participation_ratio(acts: torch.Tensor, standardize: bool = True) -> float:
-    """Effective dimensionality (sum lambda)^2 / sum lambda^2 of acts [N, r].
-
-    With `standardize` the spectrum is the correlation matrix's: a neuron with a huge variance (SmolLM2
-    has a few) would otherwise make any group containing it look one-dimensional.
-    """
-    x = acts.double() - acts.double().mean(0)
-    if standardize:
-        x = x / x.std(0).clamp(min=1e-12)
-    lam = torch.linalg.eigvalsh(x.T @ x / max(x.shape[0] - 1, 1)).clamp(min=0)
-    return float(lam.sum() ** 2 / (lam.pow(2).sum() + 1e-300))
-
-
-def hill_alpha(values: np.ndarray, k: int | None = None) -> float:
-    """Hill estimate of alpha for a density p(x) ~ x^-alpha from the k largest values (default: half)."""
-    v = np.sort(np.asarray(values, dtype=np.float64))[::-1]
-    v = v[v > 0]
-    k = max(2, len(v) // 2) if k is None else k
-    if len(v) <= k:
-        raise InvalidInputError(f"Hill estimator needs more than k={k} positive values, got {len(v)}",
-                                "use a smaller k or a larger group")
-    xi = np.mean(np.log(v[:k] / v[k]))
-    return float(1.0 + 1.0 / xi)
-
-
-def weight_spectrum_alpha(w_down: torch.Tensor, idx: torch.Tensor) -> float:
-    """Hill alpha of the eigenvalues of the correlation matrix of the group's down_proj columns."""
-    corr = torch.corrcoef(w_down[:, idx].double().T)
-    return hill_alpha(torch.linalg.eigvalsh(corr).numpy())
-
-
-def random_sets(d_ff: int, size: int, n: int, exclude: torch.Tensor, seed: int) -> list[torch.Tensor]:
-    """n random same-size neuron sets of the layer, disjoint from `exclude`."""
-    pool = torch.tensor(sorted(set(range(d_ff)) - set(exclude.tolist())), dtype=torch.int64)
-    gen = torch.Generator().manual_seed(seed)
-    return [pool[torch.randperm(len(pool), generator=gen)[:size]].sort().values for _ in range(n)]
-
-
 def group_coordination(cache: LayerCache, w_down: torch.Tensor, idx: torch.Tensor,
                        randoms: list[torch.Tensor]) -> dict[str, Any]:
     """Effective dim and Hill alpha of the group vs random same-size groups (needs >= 3 neurons)."""
@@ -415,37 +297,6 @@ def group_coordination(cache: LayerCache, w_down: torch.Tensor, idx: torch.Tenso
         out.update({key: round(fn(idx), 4), f"{key}_random_mean": round(float(np.mean(rand)), 4),
                     f"{key}_random": [round(v, 4) for v in rand]})
     return out
-
-
-# --- plot --------------------------------------------------------------------------------------------
-def plot_regimes(influence: np.ndarray, fit: RegimeFit, brick_size: int, path: Path,
-                 confirmed: np.ndarray | None = None) -> Path:
-    """The log-log rank curve of influence with the fitted regimes and the brick's extent (PNG)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    pos = influence[influence > 0]
-    ranks = np.arange(1, len(pos) + 1)
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    ax.loglog(ranks, pos, ".", ms=3, color="0.5", label="linearised influence (rare tokens)")
-    if confirmed is not None and (confirmed > 0).any():
-        c = confirmed[confirmed > 0]
-        ax.loglog(np.arange(1, len(c) + 1), c, "o", ms=3, mfc="none", color="C3", label="true ablation (re-ranked)")
-    edges = [1.0] + fit.breaks + [float(len(pos))]
-    for i, name in enumerate(fit.names):
-        r = np.geomspace(edges[i], edges[i + 1], 50)
-        ax.loglog(r, np.exp(fit.predict(r)), lw=2, label=f"{name} (slope {fit.slopes[i]:.2f})")
-    ax.axvspan(0.8, brick_size + 0.2, color="C2", alpha=0.12, label=f"brick ({brick_size} neurons)")
-    ax.set_xlabel("rank")
-    ax.set_ylabel("loss increase on rare tokens (nats)")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
 
 
 # --- the extractor ----------------------------------------------------------------------------------

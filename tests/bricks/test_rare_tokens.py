@@ -1,4 +1,4 @@
-"""Rare-token extraction on the tiny host: the split, the regime fit, Hill, and the exact head replay."""
+"""Rare-token extraction on the tiny host: the split, brick size, and the exact head replay."""
 
 import json
 
@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from bricks.analysis.regimes import RegimeFit
 from bricks.apply import neuron_map_applied
 from bricks.compose import BrickUse, compose_neurons
 from bricks.corpus import Corpus, Doc, batches
@@ -20,9 +21,6 @@ from bricks.extract.rare_tokens import (
     brick_size,
     cache_layer,
     class_means,
-    fit_regimes,
-    hill_alpha,
-    participation_ratio,
     split_by_mass,
 )
 from bricks.format import brick_from_bytes, neuron_brick
@@ -46,45 +44,12 @@ def test_split_rejects_bad_masses():
         split_by_mass(torch.tensor([1, 2, 3]), rare_mass=0.6, common_mass=0.6)
 
 
-def _piecewise(ranks, breaks, slopes, c0=-2.0):
-    x, y = np.log(ranks), c0 + slopes[0] * np.log(ranks)
-    for k, t in enumerate(np.log(breaks)):
-        y = y + (slopes[k + 1] - slopes[k]) * np.maximum(0.0, x - t)
-    return y
-
-
-def test_regime_fit_recovers_three_regimes_by_bic():
-    ranks = np.arange(1, 1537)
-    rng = np.random.default_rng(0)
-    vals = np.exp(_piecewise(ranks, [20, 400], [-0.2, -1.0, -5.0]) + rng.normal(0, 0.03, len(ranks)))
-    fit = fit_regimes(np.sort(vals)[::-1])
-    assert min(fit.bic, key=fit.bic.get) == 2
-    assert fit.names == ["plateau", "power-law", "fast-decay"]
-    assert 15 <= fit.breaks[0] <= 27 and 300 <= fit.breaks[1] <= 530
-    assert fit.slopes[0] == pytest.approx(-0.2, abs=0.1) and fit.slopes[1] == pytest.approx(-1.0, abs=0.15)
-    assert brick_size(fit, 1536)[0] == fit.plateau_size
-
-
-def test_pure_power_law_has_no_plateau_and_falls_back_to_top_percent():
-    ranks = np.arange(1, 1537)
-    rng = np.random.default_rng(1)
-    vals = np.exp(-1.0 - 1.1 * np.log(ranks) + rng.normal(0, 0.03, len(ranks)))
-    fit = fit_regimes(vals)
-    assert min(fit.bic, key=fit.bic.get) == 0 and fit.names == ["power-law"]
-    size, rule = brick_size(fit, 1536)
+def test_brick_size_is_the_plateau_else_the_top_percent():
+    plateau = RegimeFit([20.5, 400.0], [-0.2, -1.0, -5.0], -2.0, {2: 0.0}, ["plateau", "power-law", "fast-decay"])
+    assert brick_size(plateau, 1536) == (20, "plateau: ranks 1-20 of the influence curve")
+    power = RegimeFit([], [-1.1], -1.0, {0: 0.0}, ["power-law"])
+    size, rule = brick_size(power, 1536)
     assert size == 15 and "no plateau" in rule
-
-
-def test_hill_estimator_on_a_known_power_law():
-    rng = np.random.default_rng(0)
-    x = rng.pareto(2.0, 200_000) + 1.0  # density ~ x^-3
-    assert hill_alpha(x, k=5_000) == pytest.approx(3.0, abs=0.1)
-
-
-def test_participation_ratio_bounds():
-    z = torch.randn(5000, 1)
-    assert participation_ratio(z.repeat(1, 6) + 1e-4 * torch.randn(5000, 6)) == pytest.approx(1.0, abs=0.01)
-    assert participation_ratio(torch.randn(20000, 6)) == pytest.approx(6.0, abs=0.1)
 
 
 @pytest.fixture(scope="module")
