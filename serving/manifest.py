@@ -39,17 +39,11 @@ from pydantic import (
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from bricks.errors import BrickError, InvalidInputError, NotFoundError
+from bricks.refs import NAME_RE, REF_FORMS, parse_ref, ref_name
 
 if TYPE_CHECKING:
     from bricks.format import Brick, BrickMeta, HostRef
 
-# The same names as bricks.format.NAME_RE (not imported from there: that module pulls in torch).
-NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
-_NUM = "(?:0|[1-9][0-9]*)"  # no leading zeros, as registry.refs
-SELECTOR_RE = re.compile(
-    rf"^(?:latest|[a-z][a-z0-9._-]*|\^?{_NUM}(?:\.{_NUM}(?:\.{_NUM})?)?|~{_NUM}\.{_NUM}(?:\.{_NUM})?)$"
-)
-REF_FORMS = "name, name@1.2.0, name@^1.0, name@~1.2, name@1, name@tag or name@latest"
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 CHECK_ERROR = "manifest_check"  # pydantic error type of the cross-field checks below
@@ -91,22 +85,11 @@ def _check_name(value: str) -> str:
 
 def check_ref(ref: str) -> str:
     """Check a brick ref's syntax (the registry resolves it later); raise ValueError saying what is wrong."""
-    name, at, selector = ref.partition("@")
-    if not NAME_RE.match(name):
-        raise ValueError(
-            f"{ref!r} is not a brick ref: {name!r} is not a brick name (1-64 lowercase letters, digits, "
-            f"'.', '_' or '-'); refs look like {REF_FORMS}"
-        )
-    if at and not SELECTOR_RE.match(selector):
-        after = repr(selector) if selector else "nothing"
-        raise ValueError(
-            f"{ref!r} is not a brick ref: {after} after '@' is not a version, range or tag; refs look like {REF_FORMS}"
-        )
+    try:
+        parse_ref(ref)
+    except InvalidInputError as err:
+        raise ValueError(f"{err.problem}; refs look like {REF_FORMS}") from None
     return ref
-
-
-def ref_name(ref: str) -> str:
-    return ref.partition("@")[0]
 
 
 def _check_alias(alias: str) -> str:
