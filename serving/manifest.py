@@ -38,6 +38,7 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from bricks.constants import BUILTIN_HOSTS, DEFAULT_HOST, LORA_RANKS
 from bricks.errors import BrickError, InvalidInputError, NotFoundError
 from bricks.refs import NAME_RE, REF_FORMS, parse_ref, ref_name
 
@@ -45,7 +46,6 @@ if TYPE_CHECKING:
     from bricks.format import Brick, BrickMeta, HostRef
 
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 CHECK_ERROR = "manifest_check"  # pydantic error type of the cross-field checks below
 
 Loc = tuple[str | int, ...]
@@ -137,7 +137,7 @@ class HostSpec(_Section):
     """The host model."""
 
     spec: Annotated[str, AfterValidator(_check_host_spec)] = Field(
-        description="built-in host name (smollm2-135m-instruct) or a path to a local Hugging Face model folder; "
+        description=f"built-in host name ({DEFAULT_HOST}) or a path to a local Hugging Face model folder; "
         "a relative path starts at the manifest's folder")
     growth_slots: int = Field(0, ge=0, le=4096, description="zero FFN neurons reserved per layer for growth bricks "
                               "(an exact no-op until a growth brick uses them)")
@@ -647,8 +647,6 @@ def _read_text(path: Path) -> str:
 
 
 def _host_path_issues(manifest: Manifest, base: Path) -> list[Issue]:
-    from bricks.host import BUILTIN_HOSTS  # imports torch: only when loading a file, never when parsing
-
     spec = manifest.host.spec
     if spec in BUILTIN_HOSTS:
         return []
