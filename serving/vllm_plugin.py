@@ -4,15 +4,22 @@ vLLM loads general plugins in every process it starts; registering is lazy (a "m
 string), so nothing heavy is imported until a model with architecture `BrickLlamaForCausalLM` is
 built. brickwork selects it per engine with `hf_overrides={"architectures": [ARCH]}`; other models
 served by the same vLLM install are untouched.
+
+This light module also holds the names the engine and the model must agree on.
 """
 
 from __future__ import annotations
 
-ARCH = "BrickLlamaForCausalLM"
+ARCH = "BrickLlamaForCausalLM"  # the model class in serving/vllm_model.py has this name
+MODEL_CLASS = f"serving.vllm_model:{ARCH}"
+ROW_TRACKER = "serving.vllm_model:BrickRowTracker"  # the logits processor that maps requests to rows
+MAX_ROWS_KEY = "brickwork_max_rows"  # hf_overrides key: rows of the gain table
+EXTRA_ASSEMBLY = "brick_assembly"  # SamplingParams.extra_args key: the request's assembly id
+EXTRA_ROW = "brick_row"  # SamplingParams.extra_args key: the assembly's row file
 
 
 def register() -> None:
     from vllm import ModelRegistry
 
     if ARCH not in ModelRegistry.get_supported_archs():
-        ModelRegistry.register_model(ARCH, "serving.vllm_model:BrickLlamaForCausalLM")
+        ModelRegistry.register_model(ARCH, MODEL_CLASS)
