@@ -2,6 +2,7 @@
 
 `load_host(spec)` returns a `Host`: the transformers model, its tokenizer, the folder it came from,
 its architecture adapter and a `HostRef` whose fingerprint every brick records.
+`served_host_path(host, reserved)` is the folder an engine loads: the host, or a copy with growth slots.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 import torch
 from platformdirs import user_cache_dir
 from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
 from bricks.adapters import ArchAdapter, adapter_for
 from bricks.constants import BUILTIN_HOSTS, DEFAULT_HOST
@@ -172,3 +174,34 @@ def load_host(spec: str = DEFAULT_HOST, dtype: torch.dtype = torch.float32, devi
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return Host(model=model, tokenizer=tokenizer, path=path, adapter=adapter, ref=ref)
+
+
+def served_host_path(host: Host, reserved: int) -> Path:
+    """The folder vLLM loads: the host itself, or a copy widened by `reserved` zero FFN neurons per layer
+    (growth slots: an exact no-op until a growth brick's adapter writes into them)."""
+    if reserved <= 0:
+        return host.path
+    target = cache_dir() / "served" / f"{host.ref.short()}-r{reserved}"
+    if (target / "config.json").is_file():
+        return target
+    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(host.path, tmp, ignore=shutil.ignore_patterns("*.safetensors", "*.bin"))
+    weights = {}
+    for f in sorted(host.path.glob("*.safetensors")):
+        weights.update(load_file(f))
+    for name, w in list(weights.items()):
+        if name.endswith(("mlp.gate_proj.weight", "mlp.up_proj.weight")):
+            weights[name] = torch.cat([w, torch.zeros(reserved, w.shape[1], dtype=w.dtype)])
+        elif name.endswith("mlp.down_proj.weight"):
+            weights[name] = torch.cat([w, torch.zeros(w.shape[0], reserved, dtype=w.dtype)], 1)
+    save_file(weights, tmp / "model.safetensors", metadata={"format": "pt"})
+    cfg = json.loads((tmp / "config.json").read_text())
+    cfg["intermediate_size"] = int(cfg["intermediate_size"]) + reserved
+    (tmp / "config.json").write_text(json.dumps(cfg, indent=2))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.rename(tmp, target)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target

@@ -13,20 +13,17 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import os
-import shutil
 import threading
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 
 from bricks.apply import assembly_applied
 from bricks.errors import BrickError, InvalidInputError
-from bricks.host import Host, cache_dir
+from bricks.host import Host, served_host_path
 from router.assembly import BuiltAssembly
 from serving.vllm_plugin import ARCH, EXTRA_ASSEMBLY, EXTRA_ROW, MAX_ROWS_KEY, ROW_TRACKER
 
@@ -158,39 +155,6 @@ async def _detokenize(queue: asyncio.Queue, tokenizer, req: GenRequest) -> Async
 
 
 # --- vLLM ----------------------------------------------------------------------------------------------
-def served_host_path(host: Host, reserved: int) -> Path:
-    """The folder vLLM loads: the host itself, or a copy widened by `reserved` zero FFN neurons per layer
-    (growth slots: an exact no-op until a growth brick's adapter writes into them)."""
-    if reserved <= 0:
-        return host.path
-    target = cache_dir() / "served" / f"{host.ref.short()}-r{reserved}"
-    if (target / "config.json").is_file():
-        return target
-    from safetensors.torch import load_file, save_file
-
-    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(host.path, tmp, ignore=shutil.ignore_patterns("*.safetensors", "*.bin"))
-    weights = {}
-    for f in sorted(host.path.glob("*.safetensors")):
-        weights.update(load_file(f))
-    for name, w in list(weights.items()):
-        if name.endswith(("mlp.gate_proj.weight", "mlp.up_proj.weight")):
-            weights[name] = torch.cat([w, torch.zeros(reserved, w.shape[1], dtype=w.dtype)])
-        elif name.endswith("mlp.down_proj.weight"):
-            weights[name] = torch.cat([w, torch.zeros(w.shape[0], reserved, dtype=w.dtype)], 1)
-    save_file(weights, tmp / "model.safetensors", metadata={"format": "pt"})
-    cfg = json.loads((tmp / "config.json").read_text())
-    cfg["intermediate_size"] = int(cfg["intermediate_size"]) + reserved
-    (tmp / "config.json").write_text(json.dumps(cfg, indent=2))
-    target.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.rename(tmp, target)
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
-
-
 @dataclass
 class VllmSettings:
     dtype: str = "float32"
