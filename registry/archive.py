@@ -4,6 +4,9 @@ An archive holds ``index.json`` (versions with their digests and metadata, the t
 them, the lineage edges between them) and ``blobs/<sha256>``. Import checks everything first —
 member paths, the index, every blob's hash, every brick's validity — and then changes the
 registry in one transaction, so a bad or truncated archive leaves the registry as it was.
+
+This module knows the catalog and the blob store, never the registry: `Registry.export` chooses the
+versions and hands them here.
 """
 
 from __future__ import annotations
@@ -17,20 +20,17 @@ import zlib
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from bricks.errors import InvalidInputError
 from bricks.format import Brick, BrickMeta, brick_from_bytes
-from bricks.refs import check_name, check_tag, parse_ref, parse_version
+from bricks.refs import check_name, check_tag, parse_version
 
 from . import catalog as cat
-from .catalog import VersionInfo
-from .store import DIGEST_RE, sha256_hex
-
-if TYPE_CHECKING:
-    from .registry import Registry
+from .catalog import Catalog, VersionInfo
+from .store import DIGEST_RE, BlobStore, sha256_hex
 
 ARCHIVE_FORMAT = "brickwork-registry-archive"
 ARCHIVE_VERSION = 1
@@ -82,11 +82,23 @@ class ArchiveIndex(BaseModel):
 
 
 # --- export ----------------------------------------------------------------------------------------
-def export_archive(registry: Registry, refs: Sequence[str] | None, path: Path) -> Path:
-    """Write the versions `refs` mean (every version if None), their tags and lineage, to `path`."""
-    index = _collect(registry, refs)
+def archive_index(conn: sqlite3.Connection, infos: Sequence[VersionInfo]) -> ArchiveIndex:
+    """The index of an archive holding `infos`, with the tags and lineage edges among them.
+
+    `conn` is the read snapshot the versions were chosen in, so the tags and edges match them.
+    """
+    infos = list({i.ref: i for i in infos}.values())
+    chosen = {i.ref for i in infos}
+    tags = [ArchivedTag(name=n, tag=t, version=v) for n in sorted({i.name for i in infos})
+            for t, v in cat.tags_of(conn, n).items() if f"{n}@{v}" in chosen]
+    edges = [_archived_edge(e) for e in cat.all_edges(conn) if e["child"] in chosen and e["parent"] in chosen]
+    return ArchiveIndex(versions=[_archived_version(i) for i in infos], tags=tags, lineage=edges)
+
+
+def write_archive(store: BlobStore, index: ArchiveIndex, path: Path) -> Path:
+    """Write `index` and the blobs it names to `path` (.tar, or gzipped for .tar.gz / .tgz / .gz), atomically."""
     # Reading through the store re-hashes each blob: a corrupt blob is never exported.
-    blobs = {v.digest: registry.store.read(v.digest, v.ref) for v in index.versions}
+    blobs = {v.digest: store.read(v.digest, v.ref) for v in index.versions}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
     try:
@@ -95,20 +107,6 @@ def export_archive(registry: Registry, refs: Sequence[str] | None, path: Path) -
     finally:
         tmp.unlink(missing_ok=True)
     return path
-
-
-def _collect(registry: Registry, refs: Sequence[str] | None) -> ArchiveIndex:
-    parsed = None if refs is None else [parse_ref(r) for r in refs]
-    with registry.catalog.read() as conn:
-        if parsed is None:
-            infos = cat.all_versions(conn)
-        else:
-            infos = list({i.ref: i for i in (registry._resolve(conn, r) for r in parsed)}.values())
-        chosen = {i.ref for i in infos}
-        tags = [ArchivedTag(name=n, tag=t, version=v) for n in sorted({i.name for i in infos})
-                for t, v in cat.tags_of(conn, n).items() if f"{n}@{v}" in chosen]
-        edges = [_archived_edge(e) for e in cat.all_edges(conn) if e["child"] in chosen and e["parent"] in chosen]
-    return ArchiveIndex(versions=[_archived_version(i) for i in infos], tags=tags, lineage=edges)
 
 
 def _archived_version(info: VersionInfo) -> ArchivedVersion:
@@ -145,7 +143,7 @@ def _is_gzip(path: Path) -> bool:
 
 
 # --- import ----------------------------------------------------------------------------------------
-def import_archive(registry: Registry, path: Path) -> list[VersionInfo]:
+def import_archive(catalog: Catalog, store: BlobStore, path: Path) -> list[VersionInfo]:
     """Add an archive's versions under their own version numbers; returns the versions added.
 
     A version already present with the same bytes is skipped; with other bytes it is a conflict.
@@ -154,11 +152,11 @@ def import_archive(registry: Registry, path: Path) -> list[VersionInfo]:
     members = _read_members(path)
     index = _parse_index(path, members)
     blobs = _verified_blobs(path, index, members)
-    with registry.catalog.write() as conn:
+    with catalog.write() as conn:
         # Checks and inserts share the write lock, so no publisher can slip a conflicting version in.
         added = [v for v in index.versions if _should_add(conn, v)]
         for digest in sorted({v.digest for v in added}):
-            registry.store.put(blobs[digest])
+            store.put(blobs[digest])
         infos = [_insert(conn, v) for v in added]
         _apply_edges_and_tags(conn, index)
     return infos

@@ -39,7 +39,7 @@ from bricks.refs import (
 )
 
 from . import catalog as cat
-from .archive import export_archive, import_archive
+from .archive import archive_index, import_archive, write_archive
 from .catalog import Catalog, TagEvent, VersionInfo
 from .store import BlobStore, age_seconds
 
@@ -269,12 +269,17 @@ class Registry:
 
     # --- archives ---------------------------------------------------------------------------------
     def export(self, refs: Sequence[str] | None, path: Path | str) -> Path:
-        """Write the versions `refs` mean (all versions if None) to one .tar / .tar.gz archive."""
-        return export_archive(self, refs, Path(path))
+        """Write the versions `refs` mean (all versions if None), their tags and lineage, to one .tar / .tar.gz
+        archive."""
+        parsed = None if refs is None else [parse_ref(r) for r in refs]
+        with self.catalog.read() as conn:
+            infos = cat.all_versions(conn) if parsed is None else [self._resolve(conn, r) for r in parsed]
+            index = archive_index(conn, infos)
+        return write_archive(self.store, index, Path(path))
 
     def import_archive(self, path: Path | str) -> VersionList:
         """Add an archive's versions with their version numbers, tags and lineage; returns the new ones."""
-        return import_archive(self, Path(path))
+        return import_archive(self.catalog, self.store, Path(path))
 
     # --- internals --------------------------------------------------------------------------------
     def _resolve(self, conn: sqlite3.Connection, ref: BrickRef) -> VersionInfo:
