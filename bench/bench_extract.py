@@ -22,7 +22,7 @@ import time
 import torch
 
 from bricks.corpus import Corpus, batches, load_corpus
-from bricks.extract.emergent import extract_emergent
+from bricks.extract.emergent import EmergentOptions, extract_emergent
 from bricks.host import load_host
 from bricks.profile import chunk_corpus, decoder, profile_corpus
 
@@ -70,7 +70,7 @@ def main() -> None:
     out.update(throughput(host, chunk_corpus(Corpus(corpus[:: args.throughput_every]), host.tokenizer)))
     if not args.skip_extract:
         t = time.perf_counter()
-        ex = extract_emergent(host, corpus, name="bench", progress=False)
+        ex = extract_emergent(host, corpus, EmergentOptions(progress=False), name="bench")
         out["extract_all_labels_s"] = round(time.perf_counter() - t, 1)
         out["published"] = [b.name for b in ex.bricks]
         out["skipped"] = ex.skipped

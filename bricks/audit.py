@@ -27,6 +27,7 @@ from bricks.errors import InvalidInputError
 from bricks.evaluate import SelectivityReport, delta_pct, jaccard, label_perplexity, selectivity_report
 from bricks.extract import Extraction
 from bricks.extract.emergent import (
+    EmergentOptions,
     by_layer,
     cap_tokens,
     down_norms,
@@ -114,8 +115,9 @@ def audit_emergent(host, corpus: Corpus, *, top_pct: float = 0.5, test_frac: flo
     train, _ = rest.split(0.2, seed=0)  # the extractor's own split of `rest` (held_out=0.2, seed=0)
     half_a = {d.key() for d in corpus.halves(seed=1)[0]}
     profiles = _four_cells(host, corpus, {d.key() for d in train}, half_a, progress)
-    ex = extract_emergent(host, rest, name="lang", top_pct=top_pct, held_out=0.2, seed=0, profile=profiles["train"],
-                          force=True, eval_tokens=check_tokens, dominant=dominant, progress=progress, **thresholds)
+    options = EmergentOptions(top_pct=top_pct, held_out=0.2, seed=0, force=True, eval_tokens=check_tokens,
+                              dominant=dominant, progress=progress, **thresholds)
+    ex = extract_emergent(host, rest, options, name="lang", train_profile=profiles["train"])
     test_chunks = cap_tokens(chunk_corpus(test, host.tokenizer), host.tokenizer, eval_tokens)
     report = selectivity_report(host, test_chunks, ex.bricks, random_sets=random_sets, random_labels="own",
                                 progress=progress)

@@ -224,8 +224,8 @@ def stability(host, corpus: Corpus, method: str = "emergent", seed: int = 1, **o
     the Jaccard overlap of the two bricks of each label."""
     from bricks.extract import get_extractor
 
-    fn = get_extractor(method).fn
+    spec = get_extractor(method)
     half_a, half_b = corpus.halves(seed=seed)
-    got = [fn(host, half, name="stability", held_out=0.0, force=True, **options) for half in (half_a, half_b)]
+    got = [spec.run(host, half, name="stability", held_out=0.0, force=True, **options) for half in (half_a, half_b)]
     by_label = [{own_label(b): b for b in ex.bricks} for ex in got]
     return {lab: jaccard(by_label[0][lab], by_label[1][lab]) for lab in sorted(by_label[0]) if lab in by_label[1]}

@@ -6,42 +6,15 @@ is this command's `--registry`, else the root group's `--registry`, else $BRICK_
 
 from __future__ import annotations
 
-import inspect
 import json
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import click
 from rich.table import Table
 
 from bricks.errors import InvalidInputError
 from cli.common import BrickCommand, console, host_option, open_registry, signed
-
-
-def parse_options(pairs: tuple[str, ...]) -> dict[str, Any]:
-    """`key=value` pairs; a value is read as JSON when it parses (numbers, true, lists), else as text."""
-    out: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, raw = pair.partition("=")
-        if not sep or not key.strip():
-            raise InvalidInputError(f"method option {pair!r} is not key=value", "write e.g. --opt top_pct=0.5")
-        try:
-            out[key.strip().replace("-", "_")] = json.loads(raw)
-        except json.JSONDecodeError:
-            out[key.strip().replace("-", "_")] = raw
-    return out
-
-
-def _check_options(method: str, fn, opts: dict[str, Any]) -> None:
-    params = inspect.signature(fn).parameters
-    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
-        return
-    allowed = [n for n, p in params.items() if p.kind is p.KEYWORD_ONLY and n != "name"]
-    unknown = sorted(set(opts) - set(allowed))
-    if unknown:
-        raise InvalidInputError(f"method {method!r} has no option(s) {', '.join(unknown)}",
-                                f"use --opt with one of: {', '.join(allowed) or '(none)'}")
 
 
 def _load_data(data: tuple[str, ...]):
@@ -71,21 +44,22 @@ def extract_cmd(ctx: click.Context, method: str, host_spec: str, data: tuple[str
                 as_json: bool, registry_path: str | None) -> None:
     """Extract bricks with METHOD (emergent, clusters, rare-token...) and publish them."""
     from bricks.extract import get_extractor
+    from bricks.extract.options import option_pairs
     from bricks.host import load_host
 
     spec = get_extractor(method)
-    options = parse_options(opts)
+    options = option_pairs(opts)
     if held_out is not None:
         if not 0.0 <= held_out < 1.0:
             raise InvalidInputError(f"--held-out {held_out} is not a fraction in [0, 1)", "use e.g. --held-out 0.2")
         options["held_out"] = held_out
     if force:
         options["force"] = True
-    _check_options(method, spec.fn, options)
+    spec.parse(options)  # a bad option fails before the registry, the corpus and the host are opened
     reg = None if dry_run else open_registry(ctx, registry_path)  # resolve early: a bad path fails before work
     corpus = _load_data(data)
     host = load_host(host_spec)
-    result = spec.fn(host, corpus, name=name, **options)
+    result = spec.run(host, corpus, name=name, **options)
     published = [] if reg is None else [reg.publish(b, version=version) for b in result.bricks]
     _print_extraction(result, published, as_json)
 

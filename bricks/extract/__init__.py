@@ -1,12 +1,18 @@
 """Extractors: each finds bricks in a host from a corpus. One module per method, same shape.
 
-An extractor is a function registered by name:
+An extractor is a function registered by name, with its paper and its options model:
 
-    @extractor("emergent", reference_url="https://arxiv.org/abs/2409.02877")
-    def extract_emergent(host: Host, corpus: Corpus, *, name: str, **options) -> Extraction: ...
+    class EmergentOptions(ExtractorOptions):
+        top_pct: float = Field(0.5, gt=0, le=100, description="Brick size, % of all FFN neurons.")
+
+    @extractor("emergent", reference_url="https://arxiv.org/abs/2409.02877", options=EmergentOptions)
+    def extract_emergent(host: Host, corpus: Corpus, options: EmergentOptions | None = None, *, name: str,
+                         out_dir: Path | None = None) -> Extraction: ...
 
 It returns an `Extraction`: the bricks to publish (each with method, parameters, corpus digest and
-metrics in its metadata), a JSON-able report, and artifact files (plots) it wrote.
+metrics in its metadata), a JSON-able report, the evidence to show per candidate, and the artifact
+files (plots) it wrote into `out_dir` (none when `out_dir` is None). `ExtractorSpec.run` validates
+options given as keyword values (as the CLI's `--opt` gives them) and calls the function.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from bricks.errors import InvalidInputError
+from bricks.extract.options import ExtractorOptions, parse_options
 from bricks.format import Brick
 
 _MODULES = ("emergent", "clusters", "rare_tokens")
@@ -29,6 +36,8 @@ class Extraction:
     report: dict[str, Any] = field(default_factory=dict)
     artifacts: dict[str, Path] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)  # candidate name -> why it was not published
+    # candidate name -> the held-out figures that decided it, {column: value}, for a summary table
+    evidence: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -37,14 +46,26 @@ class ExtractorSpec:
     fn: Callable[..., Extraction]
     reference_url: str
     summary: str
+    options: type[ExtractorOptions]
+    aliases: tuple[str, ...] = ()
+
+    def parse(self, raw: dict[str, Any] | ExtractorOptions | None = None) -> ExtractorOptions:
+        """The method's options model from keyword values; a bad one is an `InvalidInputError`."""
+        return parse_options(self.options, self.name, raw)
+
+    def run(self, host, corpus, *, name: str, out_dir: str | Path | None = None, **options: Any) -> Extraction:
+        """Validate `options` and extract; plots go to `out_dir` (none when it is None)."""
+        return self.fn(host, corpus, self.parse(options), name=name, out_dir=None if out_dir is None else Path(out_dir))
 
 
 _EXTRACTORS: dict[str, ExtractorSpec] = {}
 
 
-def extractor(name: str, reference_url: str = "") -> Callable:
+def extractor(name: str, reference_url: str, options: type[ExtractorOptions],
+              aliases: tuple[str, ...] = ()) -> Callable:
     def register(fn: Callable[..., Extraction]) -> Callable[..., Extraction]:
-        _EXTRACTORS[name] = ExtractorSpec(name, fn, reference_url, (fn.__doc__ or "").strip().split("\n")[0])
+        summary = (fn.__doc__ or "").strip().split("\n")[0]
+        _EXTRACTORS[name] = ExtractorSpec(name, fn, reference_url, summary, options, aliases)
         return fn
 
     return register
@@ -60,8 +81,18 @@ def extractors() -> dict[str, ExtractorSpec]:
     return dict(_EXTRACTORS)
 
 
+def resolve_name(name: str) -> str | None:
+    """The registered name for `name`: '-' reads as '_', and an extractor's aliases count (`rare-token`)."""
+    key = name.strip().lower().replace("-", "_")
+    for spec in extractors().values():
+        if key == spec.name or key in spec.aliases:
+            return spec.name
+    return None
+
+
 def get_extractor(name: str) -> ExtractorSpec:
-    known = extractors()
-    if name not in known:
-        raise InvalidInputError(f"unknown extraction method {name!r}", f"use one of: {', '.join(sorted(known))}")
-    return known[name]
+    real = resolve_name(name)
+    if real is None:
+        raise InvalidInputError(f"unknown extraction method {name!r}",
+                                f"use one of: {', '.join(sorted(extractors()))}")
+    return _EXTRACTORS[real]

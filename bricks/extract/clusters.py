@@ -38,21 +38,23 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from pydantic import Field, field_validator
 
 from bricks.analysis.spectrum import participation_ratio
 from bricks.corpus import Corpus
 from bricks.errors import InvalidInputError
 from bricks.extract import Extraction, extractor
+from bricks.extract.options import ExtractorOptions, comma_list
 from bricks.extract.zones import (
     TokenActivations,
     attach_profile,
     brick_zone_profile,
     collect_activations,
-    parse_options,
     token_slices,
 )
 from bricks.format import Brick, neuron_brick
@@ -225,27 +227,32 @@ def parse_layers(layers: Any, n_layers: int) -> list[int]:
     return out
 
 
-@dataclass
-class ClusterOptions:
-    """Options of `extract_clusters` (the CLI passes them as keyword arguments)."""
+class ClusterOptions(ExtractorOptions):
+    """Options of `extract_clusters`."""
 
-    layers: Any = None  # list, "10,20" or None (a third and two thirds of the depth)
-    k: int = 32  # clusters per layer
-    balance: float | None = 2.0  # cluster size cap as a multiple of n/k (1: strictly balanced; None: no cap)
-    max_bricks: int | None = 8  # publish at most this many clusters (the highest-quality ones)
-    gain: float = 0.0  # the gain each brick stores (0: the module switched off)
-    max_tokens: int | None = 16_000
-    n_random: int = 5
-    zones: bool = False
-    force: bool = False  # also publish clusters that co-activate no more inside than outside (quality <= 0)
-    seed: int = 0
-    progress: bool = True
+    layers: list[int] | None = Field(None, description="Layers to cluster, e.g. 10,20 (default: a third and "
+                                                        "two thirds of the depth).")
+    k: int = Field(32, description="Clusters per layer.")
+    balance: float | None = Field(2.0, description="Cluster size cap as a multiple of n/k (1: strictly balanced; "
+                                                   "none: no cap).")
+    max_bricks: int | None = Field(8, description="Publish at most this many clusters, the highest-quality ones "
+                                                  "(none: all).")
+    gain: float = Field(0.0, description="The gain each brick stores (0: the module switched off).")
+    max_tokens: int | None = Field(16_000, description="Tokens of the corpus sampled for co-activation (none: all).")
+    n_random: int = Field(5, ge=0, description="Random same-size groups each cluster's effective dimension is "
+                                               "compared with.")
+    zones: bool = Field(False, description="Attach an activation-zone profile to each brick.")
+    force: bool = Field(False, description="Also publish clusters that co-activate no more inside than outside.")
+    seed: int = Field(0, description="Seed of the clustering and the random groups.")
+
+    _layers = field_validator("layers", mode="before")(comma_list)
 
 
-@extractor("clusters", reference_url="https://arxiv.org/abs/2502.07124")
-def extract_clusters(host, corpus: Corpus, *, name: str, **options: Any) -> Extraction:
-    """Encapsulated clusters: co-activating neuron groups per layer, one brick per cluster."""
-    opt = parse_options(ClusterOptions, "clusters", options)
+@extractor("clusters", reference_url="https://arxiv.org/abs/2502.07124", options=ClusterOptions)
+def extract_clusters(host, corpus: Corpus, options: ClusterOptions | None = None, *, name: str,
+                     out_dir: Path | None = None) -> Extraction:
+    """Encapsulated clusters: co-activating neuron groups per layer, one brick per cluster (no plots)."""
+    opt = options or ClusterOptions()
     layers = parse_layers(opt.layers, host.n_layers)
     sample = token_slices(corpus, host.tokenizer, opt.max_tokens, seed=opt.seed)
     ta = collect_activations(host, sample, dict.fromkeys(layers), progress=opt.progress)
@@ -261,7 +268,10 @@ def extract_clusters(host, corpus: Corpus, *, name: str, **options: Any) -> Extr
     skipped = {_brick_name(name, r.layer, s["cluster"]): _why_skipped(s, len(keep)) for r, s in ranked
                if id(s) not in kept}
     report = {"layers": {r.layer: {**r.summary(), "clusters": r.stats} for r in results}, "tokens": ta.n_tokens}
-    return Extraction(bricks, report=report, skipped=skipped)
+    evidence = {_brick_name(name, r.layer, s["cluster"]): {"quality": s["quality"],
+                                                           "output share": s["aggregation_coefficient"]}
+                for r, s in ranked}
+    return Extraction(bricks, report=report, skipped=skipped, evidence=evidence)
 
 
 def _why_skipped(stats: dict, n_published: int) -> str:
@@ -277,7 +287,7 @@ def _brick_name(name: str, layer: int, cluster: int) -> str:
 def _cluster_brick(host, name: str, res: LayerClusters, stats: dict, ta: TokenActivations, corpus: Corpus,
                    opt: ClusterOptions) -> Brick:
     idx = torch.from_numpy(np.flatnonzero(res.labels == stats["cluster"]))
-    params = {k: v for k, v in vars(opt).items() if k != "progress"}
+    params = opt.params()
     params.update(layers=parse_layers(opt.layers, host.n_layers), corpus_digest=corpus.digest())
     brick = neuron_brick(
         _brick_name(name, res.layer, stats["cluster"]), host.ref, {res.layer: idx}, gain=float(opt.gain),

@@ -15,14 +15,18 @@ from __future__ import annotations
 
 import math
 import re
+from pathlib import Path
+from typing import Literal
 
 import torch
+from pydantic import Field, field_validator
 
 from bricks.compose import BrickUse
 from bricks.corpus import Corpus
 from bricks.errors import InvalidInputError
 from bricks.evaluate import delta_pct, label_perplexity
 from bricks.extract import Extraction, extractor
+from bricks.extract.options import ExtractorOptions, comma_list
 from bricks.format import Brick, neuron_brick
 from bricks.profile import Profile, chunk_corpus, profile_corpus
 
@@ -182,17 +186,17 @@ def held_out_check(own: str, delta: dict[str, float], min_selectivity: float, mi
     return m, why
 
 
-def _train_profile(host, train: Corpus, held: Corpus, profile, checkpoint, max_len: int,
-                   batch_tokens: int, progress: bool) -> Profile:
+def _train_profile(host, train: Corpus, held: Corpus, profile: Profile | str | None,
+                   opt: EmergentOptions) -> Profile:
     """The training split's profile: computed here, or given (a Profile or a path) and checked."""
     from bricks.profile import signed_key
 
     if isinstance(profile, (str, bytes)) or hasattr(profile, "__fspath__"):
         profile = Profile.load(profile)
     if profile is None:
-        return profile_corpus(host, chunk_corpus(train, host.tokenizer, max_len), batch_tokens=batch_tokens,
-                              max_len=max_len, checkpoint=checkpoint, save_every=10 if checkpoint else 0,
-                              progress=progress)
+        return profile_corpus(host, chunk_corpus(train, host.tokenizer, opt.max_len), batch_tokens=opt.batch_tokens,
+                              max_len=opt.max_len, checkpoint=opt.checkpoint, save_every=10 if opt.checkpoint else 0,
+                              progress=opt.progress)
     if profile.host_fingerprint != host.ref.fingerprint:
         raise InvalidInputError("the given profile was made on another host", "profile this host's corpus")
     if set(profile.doc_key.tolist()) & {signed_key(d.key()) for d in held}:
@@ -201,48 +205,67 @@ def _train_profile(host, train: Corpus, held: Corpus, profile, checkpoint, max_l
     return profile
 
 
-@extractor("emergent", reference_url="https://arxiv.org/abs/2409.02877")
-def extract_emergent(host, corpus: Corpus, *, name: str, method: str = "auto", top_pct: float = 0.5,
-                     labels: list[str] | None = None, held_out: float = 0.2, seed: int = 0, force: bool = False,
-                     min_selectivity: float = 3.0, min_own: float = 5.0, eval_tokens: int | None = 2000,
-                     dominant: str = "en", max_len: int = 256, batch_tokens: int = 4096, profile=None,
-                     checkpoint: str | None = None, progress: bool = True) -> Extraction:
+class EmergentOptions(ExtractorOptions):
+    """Options of `extract_emergent`."""
+
+    method: Literal["auto", "funcscore", "lape", "combined"] = Field(
+        "auto", description="Neuron scoring: auto (= funcscore for every label), funcscore, lape or combined "
+                            "(see `select_neurons`).")
+    top_pct: float = Field(0.5, gt=0, le=100, description="Brick size, % of all FFN neurons.")
+    labels: list[str] | None = Field(None, description="Labels to extract (default: every label of the corpus).")
+    held_out: float = Field(0.2, ge=0, lt=1, description="Fraction of documents held out to check each "
+                                                         "candidate (0: no check, publish everything).")
+    seed: int = Field(0, description="Seed of the held-out document split.")
+    force: bool = Field(False, description="Publish candidates the held-out check calls general.")
+    min_selectivity: float = Field(3.0, description="A candidate's own ΔPPL must be >= this x the mean of the "
+                                                    "other labels' ΔPPL.")
+    min_own: float = Field(5.0, description="A candidate's own ΔPPL % must be at least this.")
+    eval_tokens: int | None = Field(2000, description="Held-out tokens per label for the check (none: all).")
+    dominant: str = Field("en", description="The dominant language (recorded for steering variants).")
+    max_len: int = Field(256, gt=0, description="Tokens per profiled piece of text.")
+    batch_tokens: int = Field(4096, gt=0, description="Tokens per forward batch.")
+    profile: str | None = Field(None, description="A saved Profile of the training split, to skip profiling.")
+    checkpoint: str | None = Field(None, description="File to save and resume profiling from.")
+
+    _labels = field_validator("labels", mode="before")(comma_list)
+
+
+@extractor("emergent", reference_url="https://arxiv.org/abs/2409.02877", options=EmergentOptions)
+def extract_emergent(host, corpus: Corpus, options: EmergentOptions | None = None, *, name: str,
+                     out_dir: Path | None = None, train_profile: Profile | None = None) -> Extraction:
     """Functional partitions per label (FuncScore, LAPE), each checked by held-out ablation.
 
-    method: auto (= funcscore for every label, the more selective scorer on held-out text), funcscore,
-    lape or combined (see
-    `select_neurons`). top_pct: brick size in % of all FFN neurons. held_out/seed: the document split
-    whose held-out part checks each candidate (0 = no check, publish everything). A candidate is
-    rejected when its own ΔPPL is below min_own % or below min_selectivity x the mean of the other
-    labels' ΔPPL (force publishes it anyway). eval_tokens caps the held-out tokens per label (time).
-    profile: a Profile (or its path) of the training split, to skip profiling; checkpoint: resume file.
+    Each label's candidate is ablated on the held-out documents; it is rejected when its own ΔPPL is below
+    min_own % or below min_selectivity x the mean of the other labels' ΔPPL (force publishes it anyway).
+    `train_profile` (or the `profile` option, a path) is the training split's profile, to skip profiling.
+    No plots: `out_dir` is unused.
     """
-    if method not in METHODS:
-        raise InvalidInputError(f"unknown method option {method!r}", f"use one of: {', '.join(METHODS)}")
-    if not 0 < top_pct <= 100:
-        raise InvalidInputError(f"top_pct={top_pct} is not a percentage in (0, 100]", "use e.g. top_pct=0.5")
-    train, held = corpus.split(held_out, seed=seed) if held_out > 0 else (corpus, Corpus())
-    want = _labels(corpus, labels)
-    held_chunks = chunk_corpus(held, host.tokenizer, max_len)
-    prof = _train_profile(host, train, Corpus(list(held) + list(held_chunks)), profile, checkpoint, max_len,
-                          batch_tokens, progress)
-    held_chunks = cap_tokens(held_chunks, host.tokenizer, eval_tokens)
-    base = label_perplexity(host, held_chunks, batch_tokens=batch_tokens, max_len=max_len) if held else {}
+    opt = options or EmergentOptions()
+    train, held = corpus.split(opt.held_out, seed=opt.seed) if opt.held_out > 0 else (corpus, Corpus())
+    want = _labels(corpus, opt.labels)
+    held_chunks = chunk_corpus(held, host.tokenizer, opt.max_len)
+    prof = _train_profile(host, train, Corpus(list(held) + list(held_chunks)), train_profile or opt.profile, opt)
+    held_chunks = cap_tokens(held_chunks, host.tokenizer, opt.eval_tokens)
+    base = label_perplexity(host, held_chunks, batch_tokens=opt.batch_tokens, max_len=opt.max_len) if held else {}
     w_norm = down_norms(host)
-    common = {"method": method, "top_pct": top_pct, "held_out": held_out, "split_seed": seed, "max_len": max_len,
-              "corpus_digest": corpus.digest(), "dominant": dominant, "min_selectivity": min_selectivity,
+    common = {"method": opt.method, "top_pct": opt.top_pct, "held_out": opt.held_out, "split_seed": opt.seed,
+              "max_len": opt.max_len, "corpus_digest": corpus.digest(), "dominant": opt.dominant,
+              "min_selectivity": opt.min_selectivity,
               "profile_tokens": dict(zip(prof.labels, prof.tokens.tolist(), strict=True))}
     result = Extraction(bricks=[], report={"labels": {}, "baseline_ppl": base, "params": common})
     for lab in want:
-        scorer = "funcscore" if method == "auto" else method
-        layers, stats = select_neurons(prof, lab, scorer, top_pct, w_norm)
+        scorer = "funcscore" if opt.method == "auto" else opt.method
+        layers, stats = select_neurons(prof, lab, scorer, opt.top_pct, w_norm)
         params = {**common, "label": lab, "scorer": scorer, "size": stats["k"], "layers": sorted(layers)}
         brick = make_brick(host, prof, lab, layers, brick_name(name, lab), example_texts(train, lab),
                            method="emergent", params=params, metrics={"selection": stats},
-                           description=f"{lab} neurons ({scorer}, top {top_pct:g}% of FFN neurons); gain 0 ablates")
-        verdict = _judge(host, brick, lab, held_chunks, base, min_selectivity, min_own, batch_tokens, max_len)
+                           description=f"{lab} neurons ({scorer}, top {opt.top_pct:g}% of FFN neurons); gain 0 ablates")
+        verdict = _judge(host, brick, lab, held_chunks, base, opt)
         result.report["labels"][lab] = {"size": stats["k"], "selection": stats, **verdict}
-        if verdict.get("rejected") and not force:
+        if "held_out" in verdict:
+            m = verdict["held_out"]
+            result.evidence[brick.name] = {"own ΔPPL%": m["own"], "mean other ΔPPL%": m["mean_other"]}
+        if verdict.get("rejected") and not opt.force:
             result.skipped[brick.name] = verdict["rejected"]
             continue
         result.bricks.append(brick)
@@ -259,14 +282,13 @@ def _labels(corpus: Corpus, labels: list[str] | str | None) -> list[str]:
     return want
 
 
-def _judge(host, brick: Brick, lab: str, held: Corpus, base: dict, min_selectivity: float, min_own: float,
-           batch_tokens: int, max_len: int) -> dict:
+def _judge(host, brick: Brick, lab: str, held: Corpus, base: dict, opt: EmergentOptions) -> dict:
     """Ablate the candidate on held-out text; record the metrics in the brick and return the verdict."""
     if not held:
         return {}
     if lab not in base:
         return {"rejected": f"no held-out {lab} text to check it on (add {lab} documents or raise held_out)"}
-    ppl = label_perplexity(host, held, [BrickUse(brick)], batch_tokens=batch_tokens, max_len=max_len)
-    metrics, why = held_out_check(lab, delta_pct(ppl, base), min_selectivity, min_own)
+    ppl = label_perplexity(host, held, [BrickUse(brick)], batch_tokens=opt.batch_tokens, max_len=opt.max_len)
+    metrics, why = held_out_check(lab, delta_pct(ppl, base), opt.min_selectivity, opt.min_own)
     brick.meta.metrics["held_out"] = metrics
     return {"held_out": metrics, **({"rejected": why} if why else {})}

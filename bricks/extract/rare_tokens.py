@@ -38,7 +38,6 @@ Only the last layer has the cheap replay; other layers are refused rather than s
 
 from __future__ import annotations
 
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,6 +45,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from tqdm.auto import tqdm
 
 from bricks.analysis.controls import random_sets
@@ -55,7 +55,8 @@ from bricks.analysis.spectrum import participation_ratio, weight_spectrum_alpha
 from bricks.corpus import Corpus, batches
 from bricks.errors import InvalidInputError
 from bricks.extract import Extraction, extractor
-from bricks.extract.zones import attach_profile, parse_options, token_slices, zone_profile
+from bricks.extract.options import ExtractorOptions
+from bricks.extract.zones import attach_profile, token_slices, zone_profile
 from bricks.format import Brick, neuron_brick
 from bricks.profile import decoder, ffn_capture
 
@@ -366,26 +367,29 @@ def _safe_fit(values: np.ndarray) -> RegimeFit | None:
         return None
 
 
-@dataclass
-class RareTokenOptions:
-    """Options of `extract_rare_tokens` (the CLI passes them as keyword arguments)."""
+class RareTokenOptions(ExtractorOptions):
+    """Options of `extract_rare_tokens`."""
 
-    layer: int | None = None  # default: the last layer (the only one with the exact cheap replay)
-    rare_mass: float = 0.15
-    common_mass: float = 0.5
-    confirm_top: int = 100  # neurons re-measured by true ablation
-    confirm_positions: int = 1024  # per class, for the single-neuron confirmations
-    max_common_ratio: float | None = 0.25  # skip neurons whose common-token loss > this x their rare-token loss
-    top_fraction: float = 0.01  # brick size when the curve has no plateau
-    n_random: int = 5
-    max_tokens: int | None = 24_000  # extraction sample
-    eval_tokens: int | None = 8_000  # held-out sample
-    held_out: float = 0.2
-    zones: bool = False  # attach an activation-zone profile
-    force: bool = False  # publish the brick even when it misses the held-out bars (else it is only reported)
-    out_dir: str | None = None  # where the influence-curve PNG goes (None: a new temporary folder)
-    seed: int = 0
-    progress: bool = True
+    layer: int | None = Field(None, description="FFN layer (default: the last, the only one with the exact "
+                                                 "cheap replay).")
+    rare_mass: float = Field(0.15, gt=0, lt=1, description="Rare tokens: the rarest types making this share of "
+                                                           "all occurrences.")
+    common_mass: float = Field(0.5, gt=0, lt=1, description="Common tokens: the most frequent types making this "
+                                                            "share of all occurrences.")
+    confirm_top: int = Field(100, gt=0, description="Top neurons re-measured by true ablation.")
+    confirm_positions: int = Field(1024, gt=0, description="Positions per class for the single-neuron "
+                                                           "confirmations.")
+    max_common_ratio: float | None = Field(0.25, description="Skip neurons whose common-token loss is above this "
+                                                             "x their rare-token loss (none: keep them).")
+    top_fraction: float = Field(0.01, gt=0, le=1, description="Brick size, as a fraction of the layer, when the "
+                                                              "influence curve has no plateau.")
+    n_random: int = Field(5, gt=0, description="Random same-size sets the brick is compared with.")
+    max_tokens: int | None = Field(24_000, description="Training tokens sampled for the forward pass (none: all).")
+    eval_tokens: int | None = Field(8_000, description="Held-out tokens sampled for the evidence (none: all).")
+    held_out: float = Field(0.2, gt=0, lt=1, description="Fraction of documents held out for the evidence.")
+    zones: bool = Field(False, description="Attach an activation-zone profile to the brick.")
+    force: bool = Field(False, description="Publish the brick even when it misses the held-out bars.")
+    seed: int = Field(0, description="Seed of the held-out split, the samples and the random sets.")
 
 
 @dataclass
@@ -417,10 +421,15 @@ def _train_and_held(corpus: Corpus, opt: RareTokenOptions) -> tuple[Corpus, Corp
     return train, held
 
 
-@extractor("rare_tokens", reference_url="https://arxiv.org/abs/2509.21163")
-def extract_rare_tokens(host, corpus: Corpus, *, name: str, **options: Any) -> Extraction:
-    """Last-layer neurons whose mean-ablation hurts rare-token prediction (plateau of the influence curve)."""
-    opt = parse_options(RareTokenOptions, "rare_tokens", options)
+@extractor("rare_tokens", reference_url="https://arxiv.org/abs/2509.21163", options=RareTokenOptions,
+           aliases=("rare_token",))
+def extract_rare_tokens(host, corpus: Corpus, options: RareTokenOptions | None = None, *, name: str,
+                        out_dir: Path | None = None) -> Extraction:
+    """Last-layer neurons whose mean-ablation hurts rare-token prediction (plateau of the influence curve).
+
+    The influence-curve plot goes to `out_dir` (none when it is None).
+    """
+    opt = options or RareTokenOptions()
     layer = host.n_layers - 1 if opt.layer is None else int(opt.layer)
     check_layer(host, layer)
     train, held = _train_and_held(corpus, opt)
@@ -449,14 +458,23 @@ def extract_rare_tokens(host, corpus: Corpus, *, name: str, **options: Any) -> E
     brick = _make_brick(host, name, layer, idx, cache, metrics, corpus, opt)
     if opt.zones:
         brick = attach_profile(brick, zone_profile(host, brick, held, progress=opt.progress))
-    out_dir = Path(opt.out_dir) if opt.out_dir else Path(tempfile.mkdtemp(prefix="brickwork-rare-tokens-"))
-    png = plot_regimes(ranking.curve, ranking.fit, idx.numel(), out_dir / f"{name}-influence.png",
-                       ranking.confirmed["rare"])
+    result = Extraction([], report={name: metrics}, evidence={name: _evidence(ev)})
+    if out_dir is not None:
+        result.artifacts["influence_curve"] = plot_regimes(ranking.curve, ranking.fit, idx.numel(),
+                                                           out_dir / f"{name}-influence.png", ranking.confirmed["rare"])
     if all(metrics["bars"].values()) or opt.force:
-        return Extraction([brick], report={name: metrics}, artifacts={"influence_curve": png})
-    why = (f"not selective on held-out text: rare/common {ev['rare_over_common']:.1f}x, rare/random "
-           f"{ev['rare_over_random']:.1f}x (both must be >= 10; force=true publishes it anyway)")
-    return Extraction([], report={name: metrics}, artifacts={"influence_curve": png}, skipped={name: why})
+        result.bricks.append(brick)
+    else:
+        result.skipped[name] = (f"not selective on held-out text: rare/common {ev['rare_over_common']:.1f}x, "
+                                f"rare/random {ev['rare_over_random']:.1f}x (both must be >= 10; force=true "
+                                "publishes it anyway)")
+    return result
+
+
+def _evidence(ev: dict[str, Any]) -> dict[str, float]:
+    """The held-out figures the bars judge, as the summary table shows them."""
+    return {"rare Δloss": ev["brick"]["rare_dloss"], "common Δloss": ev["brick"]["common_dloss"],
+            "rare/common": ev["rare_over_common"], "rare/random": ev["rare_over_random"]}
 
 
 def _ranking_metrics(ranking: Ranking, idx: torch.Tensor, general: list[int]) -> dict[str, Any]:
@@ -474,7 +492,7 @@ def _confirmed_rows(confirmed: dict[str, np.ndarray], n: int) -> list[dict[str, 
 def _make_brick(host, name: str, layer: int, idx: torch.Tensor, cache: LayerCache, metrics: dict, corpus: Corpus,
                 opt: RareTokenOptions) -> Brick:
     ev = metrics["evaluation"]["brick"]
-    params = {k: v for k, v in vars(opt).items() if k not in ("progress", "out_dir")}
+    params = opt.params()
     # `brick eval` re-derives the held-out documents from held_out and split_seed
     params.update(layer=layer, split_seed=opt.seed, corpus_digest=corpus.digest())
     brick = neuron_brick(

@@ -25,8 +25,8 @@ The profile is JSON-able and lives in `BrickMeta.profile` (shape below); `brick 
      "category_base_rates": {category: share}}
 
 This module also holds the token-level helpers the cluster and rare-token extractors share: sampling
-a corpus, cut into pieces of at most `max_len` tokens, down to a token budget, collecting per-token
-activations, and reading extractor options (typed from strings, unknown names refused).
+a corpus, cut into pieces of at most `max_len` tokens, down to a token budget, and collecting per-token
+activations.
 """
 
 from __future__ import annotations
@@ -35,7 +35,6 @@ import hashlib
 import string
 from collections import Counter
 from dataclasses import dataclass, replace
-from typing import Any
 
 import numpy as np
 import torch
@@ -113,34 +112,6 @@ def collect_activations(host, corpus: Corpus, neurons: dict[int, torch.Tensor | 
         raise InvalidInputError("the corpus gave no tokens to profile", "pass a corpus with text in it")
     return TokenActivations({layer: torch.cat(r) for layer, r in rows.items()}, sel, torch.cat(ids),
                             torch.cat(labs), labels)
-
-
-def parse_options(cls, method: str, kwargs: dict[str, Any]):
-    """An options dataclass from keyword arguments; strings (as a CLI passes them) become the field's type."""
-    fields = cls.__dataclass_fields__
-    unknown = sorted(set(kwargs) - set(fields))
-    if unknown:
-        raise InvalidInputError(f"{method} does not take option(s) {', '.join(unknown)}",
-                                f"use: {', '.join(sorted(fields))}")
-    return cls(**{k: _coerce(v, str(fields[k].type), method, k) for k, v in kwargs.items()})
-
-
-def _coerce(value: Any, annotation: str, method: str, key: str) -> Any:
-    if not isinstance(value, str) or annotation.startswith("str"):
-        return value
-    if value.lower() == "none" and "None" in annotation:
-        return None
-    try:
-        if annotation.startswith("bool"):
-            return value.lower() in ("1", "true", "yes", "on")
-        if annotation.startswith("int"):
-            return int(value)
-        if annotation.startswith("float"):
-            return float(value)
-    except ValueError:
-        raise InvalidInputError(f"{method} option {key}={value!r} is not a {annotation}",
-                                f"pass a {annotation} for {key}") from None
-    return value
 
 
 # --- token categories ------------------------------------------------------------------------------

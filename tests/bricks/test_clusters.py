@@ -66,8 +66,8 @@ def test_parse_layers():
 def test_extractor_on_tiny_host(tiny_host):
     docs = [Doc(f"{t} {i}", lab) for i in range(6)
             for t, lab in zip(TINY_TEXT, ["en", "fr", "code", "math", "de"], strict=True)]
-    ex = get_extractor("clusters").fn(tiny_host, Corpus(docs), name="cl", layers="1,2", k=4, max_bricks=3,
-                                      zones=True, force=True, progress=False)
+    ex = get_extractor("clusters").run(tiny_host, Corpus(docs), name="cl", layers="1,2", k=4, max_bricks=3,
+                                       zones=True, force=True, progress=False)
     assert len(ex.bricks) == 3 and len(ex.skipped) == 5
     assert all("only the 3 best" in why for why in ex.skipped.values())
     assert set(ex.report["layers"]) == {1, 2} and len(ex.report["layers"][1]["clusters"]) == 4

@@ -9,6 +9,7 @@ from bricks.corpus import Corpus, Doc
 from bricks.errors import InvalidInputError
 from bricks.extract import get_extractor
 from bricks.extract.emergent import (
+    EmergentOptions,
     average_precision,
     extract_emergent,
     funcscore,
@@ -94,7 +95,7 @@ def _tiny_corpus() -> Corpus:
 def test_extract_emergent_on_tiny_host(tiny_host):
     corpus = _tiny_corpus()
     assert get_extractor("emergent").fn is extract_emergent
-    ex = extract_emergent(tiny_host, corpus, name="Lang", top_pct=2.0, force=True, progress=False)
+    ex = extract_emergent(tiny_host, corpus, EmergentOptions(top_pct=2.0, force=True, progress=False), name="Lang")
     assert sorted(b.name for b in ex.bricks) == ["lang-code", "lang-en", "lang-fr"]
     for b in ex.bricks:
         assert b.meta.method == "emergent" and b.meta.labels == ["code", "en", "fr"]
@@ -103,12 +104,13 @@ def test_extract_emergent_on_tiny_host(tiny_host):
         assert b.meta.routing.label in corpus.labels() and b.meta.routing.texts
         assert b.meta.params["corpus_digest"] == corpus.digest() and "held_out" in b.meta.metrics
         assert set(b.meta.metrics["held_out"]["delta_ppl_pct"]) == {"code", "en", "fr"}
-    strict = extract_emergent(tiny_host, corpus, name="lang", top_pct=2.0, min_selectivity=1e6, progress=False)
+    strict = get_extractor("emergent").run(tiny_host, corpus, name="lang", top_pct=2.0, min_selectivity=1e6,
+                                           progress=False)
     assert not strict.bricks and len(strict.skipped) == 3  # a random model has no selective bricks
 
 
 def test_extract_rejects_bad_options(tiny_host):
     with pytest.raises(InvalidInputError):
-        extract_emergent(tiny_host, _tiny_corpus(), name="x", method="magic", progress=False)
+        get_extractor("emergent").run(tiny_host, _tiny_corpus(), name="x", method="magic", progress=False)
     with pytest.raises(InvalidInputError):
-        extract_emergent(tiny_host, _tiny_corpus(), name="x", labels=["klingon"], progress=False)
+        get_extractor("emergent").run(tiny_host, _tiny_corpus(), name="x", labels=["klingon"], progress=False)

@@ -125,7 +125,7 @@ def _tiny_corpus():
 
 
 def test_extractor_end_to_end(tiny_host, tmp_path):
-    ex = get_extractor("rare_tokens").fn(
+    ex = get_extractor("rare_tokens").run(
         tiny_host, _tiny_corpus(), name="rare", confirm_top=24, confirm_positions=256, max_tokens=None,
         eval_tokens=None, max_common_ratio=None, out_dir=str(tmp_path), zones=True, force=True, progress=False)
     (brick,) = ex.bricks
@@ -134,7 +134,11 @@ def test_extractor_end_to_end(tiny_host, tmp_path):
     m = brick.meta.metrics
     assert m["brick_size"] == s.indices.numel() and len(m["evaluation"]["random"]) == 5
     assert set(m["regimes"]) >= {"names", "breaks", "slopes", "bic"} and "hill_alpha" in m["coordination"]
+    assert ex.artifacts["influence_curve"] == tmp_path / "rare-influence.png"
     assert ex.artifacts["influence_curve"].stat().st_size > 1000
+    ev = m["evaluation"]
+    assert ex.evidence["rare"] == {"rare Δloss": ev["brick"]["rare_dloss"], "common Δloss": ev["brick"]["common_dloss"],
+                                   "rare/common": ev["rare_over_common"], "rare/random": ev["rare_over_random"]}
     assert brick.meta.profile["neurons"] and json.dumps(brick.meta.profile)
     assert brick_from_bytes(brick.to_bytes()).meta.metrics == json.loads(json.dumps(m))
     assert brick.meta.params["held_out"] == 0.2 and brick.meta.params["split_seed"] == 0
@@ -142,8 +146,10 @@ def test_extractor_end_to_end(tiny_host, tmp_path):
 
 def test_a_brick_below_the_bars_is_reported_not_published(tiny_host):
     """A random tiny model has no selective rare-token neurons: the bars decide, force overrides."""
-    ex = get_extractor("rare_tokens").fn(tiny_host, _tiny_corpus(), name="rare", confirm_top=24, max_tokens=None,
+    ex = get_extractor("rare-token").run(tiny_host, _tiny_corpus(), name="rare", confirm_top=24, max_tokens=None,
                                          eval_tokens=None, max_common_ratio=None, n_random=2, progress=False)
+    assert not ex.artifacts  # no out_dir: no plot written anywhere
+    assert set(ex.evidence["rare"]) == {"rare Δloss", "common Δloss", "rare/common", "rare/random"}
     bars = ex.report["rare"]["bars"]
     if all(bars.values()):
         assert len(ex.bricks) == 1 and not ex.skipped
@@ -153,4 +159,4 @@ def test_a_brick_below_the_bars_is_reported_not_published(tiny_host):
 
 def test_unknown_option_is_an_error(tiny_host):
     with pytest.raises(InvalidInputError, match="confirm_tpo"):
-        get_extractor("rare_tokens").fn(tiny_host, Corpus([Doc("a b", "x")]), name="r", confirm_tpo=3)
+        get_extractor("rare_tokens").run(tiny_host, Corpus([Doc("a b", "x")]), name="r", confirm_tpo=3)

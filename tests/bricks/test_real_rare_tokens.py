@@ -17,9 +17,9 @@ def extraction(real_host, tmp_path_factory):
     corpus = load_corpus("builtin")
     out = tmp_path_factory.mktemp("rare")
     # A 6k-token extraction sample and a 3k-token held-out sample keep this under ~2 minutes on 2 cores.
-    ex = get_extractor("rare_tokens").fn(real_host, corpus, name="rare-tokens", max_tokens=6000, eval_tokens=3000,
-                                         confirm_top=40, confirm_positions=512, out_dir=str(out), progress=False,
-                                         force=True)  # published either way: the bars are asserted below
+    ex = get_extractor("rare_tokens").run(real_host, corpus, name="rare-tokens", max_tokens=6000, eval_tokens=3000,
+                                          confirm_top=40, confirm_positions=512, out_dir=str(out), progress=False,
+                                          force=True)  # published either way: the bars are asserted below
     return corpus, ex
 
 

@@ -13,7 +13,6 @@ from bricks.extract.zones import (
     attach_profile,
     brick_zone_profile,
     collect_activations,
-    parse_options,
     profile_from_activations,
     token_category,
     token_slices,
@@ -100,15 +99,3 @@ def test_profile_from_collected_activations_equals_a_fresh_pass(tiny_host):
     ta = collect_activations(tiny_host, token_slices(corpus, tiny_host.tokenizer, max_tokens=8_000), {1: None, 3: None})
     got = brick_zone_profile(ta, brick, tiny_host.tokenizer, n_zones=4)
     assert got == zone_profile(tiny_host, brick, corpus, n_zones=4)
-
-
-def test_parse_options_types_strings_and_refuses_unknown_names():
-    from bricks.extract.clusters import ClusterOptions
-
-    opt = parse_options(ClusterOptions, "clusters", {"k": "8", "balance": "none", "zones": "true", "gain": "0.5",
-                                                     "layers": "10,20"})
-    assert (opt.k, opt.balance, opt.zones, opt.gain, opt.layers) == (8, None, True, 0.5, "10,20")
-    with pytest.raises(InvalidInputError, match="kk"):
-        parse_options(ClusterOptions, "clusters", {"kk": 3})
-    with pytest.raises(InvalidInputError, match="k='eight'"):
-        parse_options(ClusterOptions, "clusters", {"k": "eight"})
