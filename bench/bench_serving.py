@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bricks.constants import DEFAULT_HOST
 from bricks.format import Brick, BrickMeta, LoraModule, neuron_brick
 from bricks.host import load_host
 from registry import Registry
@@ -51,7 +52,7 @@ def make_bricks(ref, n: int = 8) -> list[Brick]:
 
 def write_manifest(folder: Path, bricks: list[Brick], lora: bool, eager: bool, name: str) -> Path:
     used = [b for b in bricks if lora or b.kind == "neurons"]
-    text = (f"name: {name}\nhost:\n  spec: smollm2-135m-instruct\nbricks:\n"
+    text = (f"name: {name}\nhost:\n  spec: {DEFAULT_HOST}\nbricks:\n"
             + "".join(f"  - ref: {b.name}@^1\n" for b in used)
             + "routing:\n  policy: explicit\nengine:\n  kind: vllm\n  max_loras: 8\n  max_lora_rank: 16\n"
             + f"  max_model_len: 512\n  enforce_eager: {str(eager).lower()}\n  max_assemblies: 32\n"

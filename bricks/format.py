@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -29,10 +28,10 @@ from bricks.kinds.base import bad_brick
 from bricks.kinds.growth import GrowthNeurons  # noqa: F401  (re-exported until every caller imports the kind)
 from bricks.kinds.lora import LoraModule  # noqa: F401
 from bricks.kinds.neurons import NeuronSet, neuron_brick  # noqa: F401
+from bricks.refs import NAME_RE
 
 FORMAT_VERSION = 1
 META_KEY = "brickwork"
-NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 
 
 class HostRef(BaseModel):

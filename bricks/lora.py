@@ -16,11 +16,11 @@ from pathlib import Path
 import torch
 
 from bricks.compose import Assembly
+from bricks.constants import LORA_RANKS
 from bricks.errors import InvalidInputError
 from bricks.kinds import KINDS
 from bricks.kinds.base import LoraContext, LowRank
 
-VLLM_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 PEFT_PREFIX = "base_model.model."
 
 
@@ -75,10 +75,10 @@ def truncate(lr: LowRank, rank: int) -> tuple[LowRank, float]:
 
 
 def allowed_rank(r: int) -> int:
-    for a in VLLM_RANKS:
+    for a in LORA_RANKS:
         if r <= a:
             return a
-    raise InvalidInputError(f"adapter rank {r} exceeds vLLM's largest LoRA rank {VLLM_RANKS[-1]}",
+    raise InvalidInputError(f"adapter rank {r} exceeds vLLM's largest LoRA rank {LORA_RANKS[-1]}",
                             "lower engine.max_lora_rank so the composer truncates")
 
 

@@ -12,8 +12,8 @@ from typing import Any
 import click
 from rich.console import Console
 
+from bricks.constants import DEFAULT_HOST
 from bricks.errors import BrickError
-from bricks.host import DEFAULT_HOST
 
 console = Console()
 err_console = Console(stderr=True)

@@ -16,7 +16,7 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from bricks.host import DEFAULT_HOST
+from bricks.constants import DEFAULT_HOST
 from cli.common import ENGINES, BrickCommand, console, open_registry, signed
 
 PREFIX = "emergent"

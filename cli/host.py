@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 from rich.table import Table
 
-from bricks.host import DEFAULT_HOST
+from bricks.constants import DEFAULT_HOST
 from cli.common import BrickGroup, console, emit_json
 
 
