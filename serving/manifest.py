@@ -3,7 +3,8 @@
 A manifest names a host model, the bricks to serve on it, how requests are routed to bricks, and the
 engine and HTTP settings. It is a tree of pydantic models that forbid unknown keys, so a typo such as
 ``gian:`` is an error rather than a silently ignored setting. Every mistake is collected into one
-`ManifestError` that points at the YAML line, so a user fixes a manifest in one pass:
+`ManifestError` that points at the YAML line (bricks/yamlconfig.py does the reading and the wording),
+so a user fixes a manifest in one pass:
 
     manifests/fr.yaml:9: bricks[1].gian: unknown key 'gian'; did you mean 'gain'? ...
     manifests/fr.yaml:14: routing.policy: 'dynamic' is not allowed; use one of: explicit, static, retrieval
@@ -14,63 +15,39 @@ registry and checks the bricks against the host and the engine, before anything 
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
-import reprlib
-import types
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal, Protocol, Union, get_args, get_origin
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Protocol
 
-import yaml
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    FiniteFloat,
-    PrivateAttr,
-    TypeAdapter,
-    ValidationError,
-    model_validator,
-)
-from pydantic_core import InitErrorDetails, PydanticCustomError
+from pydantic import AfterValidator, Field, FiniteFloat, PrivateAttr, model_validator
 
 from bricks.constants import BUILTIN_HOSTS, DEFAULT_HOST, LORA_RANKS
 from bricks.errors import BrickError, InvalidInputError, NotFoundError
 from bricks.refs import NAME_RE, REF_FORMS, parse_ref, ref_name
+from bricks.yamlconfig import (
+    ConfigError,
+    ConfigFormat,
+    Issue,
+    Problem,
+    Section,
+    did_you_mean,
+    located_error,
+    none_as,
+)
 
 if TYPE_CHECKING:
     from bricks.format import Brick, BrickMeta, HostRef
 
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-CHECK_ERROR = "manifest_check"  # pydantic error type of the cross-field checks below
-
-Loc = tuple[str | int, ...]
-Issue = tuple[Loc, str]  # (where in the manifest, what is wrong and how to fix it)
 
 
 # --- errors ------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Problem:
-    path: str  # YAML path such as "bricks[1].gain"; "" for the file as a whole
-    line: int | None  # 1-based line in the file
-    message: str
-
-    def render(self, source: str) -> str:
-        where = source if self.line is None else f"{source}:{self.line}"
-        return f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
-
-
-class ManifestError(InvalidInputError):
+class ManifestError(ConfigError):
     """Everything wrong with one manifest; `str()` lists one problem per line, in file order."""
 
     def __init__(self, problems: list[Problem], source: str = "<manifest>"):
-        self.problems = sorted(problems, key=lambda p: (p.line is None, p.line or 0))
-        self.source = source
-        super().__init__("\n".join(p.render(source) for p in self.problems))
+        super().__init__(problems, source)
 
 
 # --- field checks (ValueError: pydantic collects them all) ---------------------------------------------
@@ -118,22 +95,13 @@ def _check_env_name(name: str) -> str:
     return name
 
 
-def _none_as(empty: type) -> BeforeValidator:
-    """An empty YAML section (`bricks:` with everything commented out) reads as null: treat it as empty."""
-    return BeforeValidator(lambda value: empty() if value is None else value)
-
-
 ManifestName = Annotated[str, AfterValidator(_check_name)]
 BrickRef = Annotated[str, AfterValidator(check_ref)]
 Alias = Annotated[str, AfterValidator(_check_alias)]
 
 
 # --- the schema ----------------------------------------------------------------------------------------
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class HostSpec(_Section):
+class HostSpec(Section):
     """The host model."""
 
     spec: Annotated[str, AfterValidator(_check_host_spec)] = Field(
@@ -143,7 +111,7 @@ class HostSpec(_Section):
                               "(an exact no-op until a growth brick uses them)")
 
 
-class BrickEntry(_Section):
+class BrickEntry(Section):
     """One brick to serve, by registry ref."""
 
     ref: BrickRef = Field(description=f"registry ref: {REF_FORMS}")
@@ -154,7 +122,7 @@ class BrickEntry(_Section):
     alias: Alias | None = Field(None, description="short unique name usable in requests and assemblies")
 
 
-class RoutingConfig(_Section):
+class RoutingConfig(Section):
     """How each request's bricks are chosen."""
 
     policy: Literal["explicit", "static", "retrieval"] = Field(
@@ -166,7 +134,7 @@ class RoutingConfig(_Section):
     allow_request_bricks: bool = Field(True, description="whether requests may name bricks explicitly")
 
 
-class EngineConfig(_Section):
+class EngineConfig(Section):
     """The inference engine and its limits."""
 
     kind: Literal["vllm", "transformers"] = Field("vllm", description="vllm, or the transformers reference engine")
@@ -186,7 +154,7 @@ class EngineConfig(_Section):
     enable_prefix_caching: bool = Field(True, description="vLLM prefix cache, kept apart per assembly")
 
 
-class ServerConfig(_Section):
+class ServerConfig(Section):
     """The HTTP server."""
 
     host: str = Field("127.0.0.1", min_length=1, description="address to listen on")
@@ -207,18 +175,18 @@ class ServerConfig(_Section):
         return key
 
 
-class Manifest(_Section):
+class Manifest(Section):
     """A model assembly to serve: host model, bricks, routing, engine and server."""
 
     name: ManifestName = Field(description="served model name; lowercase letters, digits, '.', '_', '-'")
     description: str | None = None
     host: HostSpec = Field(description="the host model the bricks run on: `spec:` (and `growth_slots:`)")
-    bricks: Annotated[list[BrickEntry], _none_as(list)] = Field(default_factory=list)
-    assemblies: Annotated[dict[ManifestName, list[str]], _none_as(dict)] = Field(
+    bricks: Annotated[list[BrickEntry], none_as(list)] = Field(default_factory=list)
+    assemblies: Annotated[dict[ManifestName, list[str]], none_as(dict)] = Field(
         default_factory=dict, description="named assemblies, served as extra model names: aliases or refs of bricks")
-    routing: Annotated[RoutingConfig, _none_as(dict)] = Field(default_factory=RoutingConfig)
-    engine: Annotated[EngineConfig, _none_as(dict)] = Field(default_factory=EngineConfig)
-    server: Annotated[ServerConfig, _none_as(dict)] = Field(default_factory=ServerConfig)
+    routing: Annotated[RoutingConfig, none_as(dict)] = Field(default_factory=RoutingConfig)
+    engine: Annotated[EngineConfig, none_as(dict)] = Field(default_factory=EngineConfig)
+    server: Annotated[ServerConfig, none_as(dict)] = Field(default_factory=ServerConfig)
 
     _resolved: dict[str, Any] = PrivateAttr(default_factory=dict)
 
@@ -227,7 +195,7 @@ class Manifest(_Section):
         issues = cross_field_issues({name: getattr(self, name) for name in type(self).model_fields})
         if issues:
             # pydantic re-raises a ValidationError raised here with each issue at its own location
-            raise ValidationError.from_exception_data(type(self).__name__, [_line_error(*i) for i in issues])
+            raise located_error(type(self).__name__, issues)
         return self
 
     @property
@@ -244,11 +212,6 @@ class Manifest(_Section):
             raise NotFoundError(f"manifest {self.name!r} has no assembly {name!r}",
                                 f"use one of: {', '.join(self.assemblies) or '(none defined)'}")
         return [self.entry_for(key) for key in self.assemblies[name]]
-
-
-def _line_error(loc: Loc, message: str) -> InitErrorDetails:
-    return InitErrorDetails(type=PydanticCustomError(CHECK_ERROR, "{message}", {"message": message}),
-                            loc=loc, input=None)
 
 
 def manifest_json_schema() -> dict[str, Any]:
@@ -316,7 +279,7 @@ def _member_issues(assembly: str, members: list[str], bricks: list[BrickEntry]) 
         if index is None:
             known = f"one of: {', '.join(keys)}" if keys else "none: `bricks` is empty"
             issues.append((loc, f"{key!r} is not a brick of this manifest; an assembly lists aliases or refs "
-                           f"from `bricks` ({known}){_did_you_mean(key, keys)}"))
+                           f"from `bricks` ({known}){did_you_mean(key, keys)}"))
         elif index in seen:
             issues.append((loc, f"{key!r} is bricks[{index}], already in this assembly as {seen[index]!r}"))
         seen.setdefault(index, key)
@@ -351,247 +314,14 @@ def _token_budget_issues(parts: dict[str, Any]) -> list[Issue]:
              f"long prompt could not be answered in full; {fix}, or raise engine.max_model_len to {total}")]
 
 
-def _valid_parts(data: dict[str, Any]) -> dict[str, Any]:
-    """Each top-level section validated on its own: None where it is invalid (or required and missing)."""
-    parts: dict[str, Any] = {}
-    for name, field in Manifest.model_fields.items():
-        if name not in data:
-            parts[name] = None if field.is_required() else field.get_default(call_default_factory=True)
-            continue
-        try:
-            parts[name] = TypeAdapter(Annotated[field.annotation, field]).validate_python(data[name])
-        except ValidationError:
-            parts[name] = None
-    return parts
-
-
 # --- parsing ---------------------------------------------------------------------------------------------------
+MANIFEST_FILE = ConfigFormat(Manifest, noun="manifest", error=ManifestError, example="manifests/smollm2-plain.yaml",
+                             cross_checks=cross_field_issues)
+
+
 def parse_manifest(text: str, source: str = "<manifest>") -> Manifest:
     """Validate a manifest's text; every problem (with its line) is raised together in one ManifestError."""
-    return _parse(text, source)[0]
-
-
-def _parse(text: str, source: str) -> tuple[Manifest, yaml.Node]:
-    root, data = _load_yaml(text, source)
-    problems = _duplicate_key_problems(root, (), set())
-    try:
-        manifest = Manifest.model_validate(data)
-    except ValidationError as err:
-        raise ManifestError(problems + _validation_problems(err, data, root), source) from None
-    if problems:
-        raise ManifestError(problems, source)
-    return manifest, root
-
-
-def _load_yaml(text: str, source: str) -> tuple[yaml.Node, dict[str, Any]]:
-    loader = yaml.SafeLoader(text)
-    try:
-        root = loader.get_single_node()
-        data = None if root is None else loader.construct_document(root)
-    except yaml.YAMLError as err:
-        raise ManifestError([_yaml_problem(err)], source) from None
-    finally:
-        loader.dispose()
-    if root is None:
-        raise ManifestError([Problem("", None, "the file is empty; a manifest needs at least `name:` and "
-                                     "`host:` (see manifests/smollm2-plain.yaml)")], source)
-    if not isinstance(data, dict):
-        raise ManifestError([Problem("", root.start_mark.line + 1, f"the top level is {_kind(data)}, but a "
-                                     "manifest is a mapping of keys such as `name:` and `host:`")], source)
-    return root, data
-
-
-def _yaml_problem(err: yaml.YAMLError) -> Problem:
-    mark = getattr(err, "problem_mark", None)
-    what = getattr(err, "problem", None) or str(err)
-    context, context_mark = getattr(err, "context", None), getattr(err, "context_mark", None)
-    if context and context_mark is not None and (mark is None or context_mark.line != mark.line):
-        context += f" that starts on line {context_mark.line + 1}"
-    message = f"YAML syntax error: {what}" + (f" ({context})" if context else "")
-    if "\\t" in what or "\t" in what:
-        message += "; indent with spaces, not tabs"
-    else:
-        message += "; check the indentation and quote values that contain ': ' or start with a special character"
-    return Problem("", mark.line + 1 if mark else None, message)
-
-
-def _duplicate_key_problems(node: yaml.Node, loc: Loc, visited: set[int]) -> list[Problem]:
-    """PyYAML silently keeps the last of two equal keys; a manifest with one is almost surely a mistake."""
-    if id(node) in visited:  # anchors and aliases share nodes, and may even form cycles
-        return []
-    visited.add(id(node))
-    if isinstance(node, yaml.SequenceNode):
-        return [p for i, item in enumerate(node.value) for p in _duplicate_key_problems(item, (*loc, i), visited)]
-    if not isinstance(node, yaml.MappingNode):
-        return []
-    problems, lines = [], {}
-    for key, value in node.value:
-        name = key.value if isinstance(key, yaml.ScalarNode) else None
-        if name in lines and name != "<<":
-            problems.append(Problem(_path((*loc, name)), key.start_mark.line + 1, f"{name!r} appears twice (first "
-                                    f"on line {lines[name]}); YAML would keep only the last one, so remove one"))
-        lines.setdefault(name, key.start_mark.line + 1)
-        problems += _duplicate_key_problems(value, (*loc, name), visited)
-    return problems
-
-
-def _validation_problems(err: ValidationError, data: dict[str, Any], root: yaml.Node) -> list[Problem]:
-    errors = [(tuple(e["loc"]), _friendly(e)) for e in err.errors()]
-    if not any(e["type"] == CHECK_ERROR for e in err.errors()):  # the cross checks did not run: run them here
-        errors += cross_field_issues(_valid_parts(data))
-    return [_problem(loc, message, root) for loc, message in errors]
-
-
-def _problem(loc: Loc, message: str, root: yaml.Node | None) -> Problem:
-    return Problem(_path(loc), _line(root, loc), message)
-
-
-def _path(loc: Loc) -> str:
-    path = ""
-    for part in loc:
-        if part == "[key]":
-            continue
-        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
-    return path
-
-
-def _line(root: yaml.Node | None, loc: Loc) -> int | None:
-    """Line of the deepest part of `loc` present in the file (the key's line for a mapping entry)."""
-    if root is None:
-        return None
-    line, node = root.start_mark.line + 1, root
-    for part in loc:
-        step = _child(node, part)
-        if step is None:
-            break
-        line, node = step
-    return line
-
-
-def _child(node: yaml.Node, part: str | int) -> tuple[int, yaml.Node] | None:
-    if isinstance(node, yaml.MappingNode):
-        for key, value in reversed(node.value):  # the last of equal keys is the one that counts
-            if isinstance(key, yaml.ScalarNode) and key.value == str(part):
-                return key.start_mark.line + 1, value
-    if isinstance(node, yaml.SequenceNode) and isinstance(part, int) and 0 <= part < len(node.value):
-        return node.value[part].start_mark.line + 1, node.value[part]
-    return None
-
-
-# --- friendly messages ---------------------------------------------------------------------------------------------
-_EXPECTED = {
-    "int": "a whole number", "float": "a number", "bool": "true or false", "string": "text",
-    "list": "a list (one '- item' per line)", "dict": "a mapping (indented 'key: value' lines)",
-    "model": "a mapping (indented 'key: value' lines)",
-}
-_BOUNDS = {"greater_than": ("gt", "greater than"), "greater_than_equal": ("ge", "at least"),
-           "less_than": ("lt", "less than"), "less_than_equal": ("le", "at most")}
-
-
-def _friendly(err: dict[str, Any]) -> str:
-    """Rewrite a pydantic error into what is wrong and how to fix it."""
-    kind, loc = err["type"], tuple(err["loc"])
-    rewrite = {"extra_forbidden": _unknown_key_message, "missing": _missing_message,
-               "literal_error": _literal_message, "invalid_key": _key_message}.get(kind)
-    if rewrite is not None:
-        return rewrite(loc, err)
-    if kind in _BOUNDS:
-        key, words = _BOUNDS[kind]
-        return f"must be {words} {err['ctx'][key]}, got {_show(err['input'])}"
-    if kind == "finite_number":
-        return f"must be a finite number, got {_show(err['input'])}"
-    if kind.split("_")[0] in _EXPECTED and kind.endswith(("_type", "_parsing", "_from_float")):
-        return _type_message(kind, err["input"])
-    return err["msg"].removeprefix("Value error, ")
-
-
-def _type_message(kind: str, value: Any) -> str:
-    if value is None:
-        return "has no value (an empty `key:` reads as null); write a value or remove the key"
-    shown = _show(value) if isinstance(value, str) else f"{_show(value)} ({_kind(value)})"
-    message = f"expected {_EXPECTED[kind.split('_')[0]]}, got {shown}"
-    if kind.startswith("string") and isinstance(value, (bool, int, float)):
-        message += "; put it in quotes (YAML reads yes/no/on/off/true/false and numbers as non-text)"
-    return message
-
-
-def _unknown_key_message(loc: Loc, err: dict[str, Any]) -> str:
-    key, model = str(loc[-1]), _model_at(loc[:-1])
-    fields = list(model.model_fields) if model is not None else []
-    allowed = f" (known keys here: {', '.join(fields)})" if fields else ""
-    return f"unknown key {key!r}{_did_you_mean(key, fields)}{allowed}"
-
-
-def _missing_message(loc: Loc, err: dict[str, Any]) -> str:
-    model = _model_at(loc[:-1])
-    field = model.model_fields.get(str(loc[-1])) if model is not None else None
-    about = f": {field.description}" if field is not None and field.description else ""
-    return f"required key {loc[-1]!r} is missing{about}"
-
-
-def _literal_message(loc: Loc, err: dict[str, Any]) -> str:
-    allowed = _literal_values(loc)
-    if not allowed:
-        return f"{_show(err['input'])} is not allowed; expected {err['ctx']['expected']}"
-    words = [str(v) for v in allowed]
-    return (f"{_show(err['input'])} is not allowed; use one of: {', '.join(words)}"
-            f"{_did_you_mean(str(err['input']), words)}")
-
-
-def _key_message(loc: Loc, err: dict[str, Any]) -> str:
-    return f"key {_show(err['input'])} is not text; put it in quotes"
-
-
-def _did_you_mean(word: str, options: list[str]) -> str:
-    match = difflib.get_close_matches(word.lower(), options, n=1, cutoff=0.6)
-    return f"; did you mean {match[0]!r}?" if match else ""
-
-
-def _show(value: Any) -> str:
-    return reprlib.repr(value)  # bounded: YAML aliases can make a small file an enormous structure
-
-
-def _kind(value: Any) -> str:
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, (int, float)):
-        return "a number"
-    kinds = {str: "text", list: "a list", dict: "a mapping", type(None): "empty"}
-    return kinds.get(type(value), type(value).__name__)
-
-
-def _annotation_at(loc: Loc) -> Any:
-    """The schema type at `loc` in a manifest, or None when `loc` leaves the schema."""
-    current: Any = Manifest
-    for part in loc:
-        current = _unwrap(current)
-        if isinstance(current, type) and issubclass(current, BaseModel):
-            field = current.model_fields.get(str(part))
-            current = field.annotation if field is not None else None
-        elif get_origin(current) in (list, dict):
-            current = get_args(current)[0 if part == "[key]" or get_origin(current) is list else 1]
-        else:
-            return None
-    return current
-
-
-def _unwrap(annotation: Any) -> Any:
-    """Strip Annotated[...] and Optional[...]."""
-    while get_origin(annotation) is Annotated or (get_origin(annotation) in (Union, types.UnionType)
-                                                  and type(None) in get_args(annotation)):
-        args = [a for a in get_args(annotation) if a is not type(None)]
-        annotation = args[0]
-    return annotation
-
-
-def _model_at(loc: Loc) -> type[BaseModel] | None:
-    model = _unwrap(_annotation_at(loc))
-    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
-
-
-def _literal_values(loc: Loc) -> tuple[Any, ...]:
-    annotation = _unwrap(_annotation_at(loc))
-    return get_args(annotation) if get_origin(annotation) is Literal else ()
+    return MANIFEST_FILE.parse(text, source)[0]
 
 
 # --- loading with the registry ------------------------------------------------------------------------------
@@ -622,28 +352,13 @@ def load_manifest(path: str | os.PathLike, registry: BrickSource | None = None, 
     ref's resolved version lands in `manifest.resolved[ref]`. All problems come in one ManifestError.
     """
     path = Path(path)
-    text = _read_text(path)
-    manifest, root = _parse(text, str(path))
+    manifest, root = MANIFEST_FILE.load(path)
     issues = _host_path_issues(manifest, path.parent)
     if registry is not None:
         issues += _registry_issues(manifest, registry, host)
     if issues:
-        raise ManifestError([_problem(loc, message, root) for loc, message in issues], str(path))
+        raise MANIFEST_FILE.error_at(issues, root, str(path))
     return manifest
-
-
-def _read_text(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        message = "manifest file does not exist; check the path (examples are in manifests/)"
-    except IsADirectoryError:
-        message = "is a folder, not a manifest file"
-    except UnicodeDecodeError:
-        message = "is not UTF-8 text; a manifest is a YAML file"
-    except OSError as err:
-        message = f"cannot be read ({err.strerror})"
-    raise ManifestError([Problem("", None, message)], str(path))
 
 
 def _host_path_issues(manifest: Manifest, base: Path) -> list[Issue]:
