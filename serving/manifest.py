@@ -404,7 +404,13 @@ def _error_text(err: BrickError) -> str:
 
 def _brick_issues(i: int, entry: BrickEntry, info: BrickVersion, manifest: Manifest, registry: BrickSource,
                   host: HostRef | None) -> list[Issue]:
-    issues = _host_issues(i, info, host)
+    return _host_issues(i, info, host) + _kind_issues(i, entry, info, manifest, registry)
+
+
+def _kind_issues(i: int, entry: BrickEntry, info: BrickVersion, manifest: Manifest,
+                 registry: BrickSource) -> list[Issue]:
+    """What the brick's kind says about this entry (offsets, growth slots)."""
+    issues: list[Issue] = []
     if info.kind == "neurons":
         issues += _offset_issues(i, entry, info, manifest, registry)
     elif entry.offset_scale != 1.0:
