@@ -16,6 +16,15 @@ TINY_TEXT = [
     "Der schnelle braune Fuchs springt über den faulen Hund.",
 ]
 
+TINY_LABELS = ["en", "fr", "code", "math", "de"]  # the label of each TINY_TEXT
+
+
+def tiny_corpus(per_label: int = 24):
+    """A labelled corpus of TINY_TEXT variations, `per_label` documents per label."""
+    from bricks.corpus import Corpus, Doc
+
+    return Corpus(Doc(f"{t} {i} {t[: 7 + i % 11]}", lab) for i in range(per_label)
+                  for t, lab in zip(TINY_TEXT, TINY_LABELS, strict=True))
 
 def build_tiny_host(folder: Path, seed: int = 0) -> Path:
     """A 4-layer Llama with d_model 64 and d_ff 128, and a byte-level BPE tokenizer trained here."""

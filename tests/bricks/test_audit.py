@@ -1,21 +1,19 @@
 """The emergent audit protocol on the tiny host: which text each step may see, and the report's shape."""
 
-
 import pytest
 
 from bricks.audit import audit_emergent
-from bricks.corpus import Corpus, Doc
+from bricks.corpus import Corpus
 from bricks.profile import signed_key
-from tests.conftest import TINY_TEXT
+from tests.conftest import TINY_LABELS, tiny_corpus
 
-LABELS = ["en", "fr", "code", "math", "de"]
+LABELS = TINY_LABELS
 TORCH_THREADS = 1  # the tiny model's matmuls are microseconds: OpenMP hand-offs cost more than they save
 
 
 @pytest.fixture(scope="module")
 def corpus():
-    return Corpus(Doc(f"{t} {i} {t[: 7 + i % 11]}", lab) for i in range(24)
-                  for t, lab in zip(TINY_TEXT, LABELS, strict=True))
+    return tiny_corpus()
 
 
 @pytest.fixture(scope="module")

@@ -5,19 +5,18 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from bricks.corpus import Corpus, Doc
+from bricks.corpus import Corpus
 from cli.extract import audit_cmd, eval_cmd, extract_cmd
 from registry import Registry
-from tests.conftest import TINY_TEXT
+from tests.conftest import TINY_LABELS, TINY_TEXT, tiny_corpus
 
-LABELS = ["en", "fr", "code", "math", "de"]
+LABELS = TINY_LABELS
 TORCH_THREADS = 1  # the tiny model's matmuls are microseconds: OpenMP hand-offs cost more than they save
 
 
 @pytest.fixture(scope="module")
 def corpus():
-    return Corpus(Doc(f"{t} {i} {t[: 7 + i % 11]}", lab) for i in range(24)
-                  for t, lab in zip(TINY_TEXT, LABELS, strict=True))
+    return tiny_corpus()
 
 
 def _write_corpus(path):
