@@ -409,19 +409,24 @@ def _brick_issues(i: int, entry: BrickEntry, info: BrickVersion, manifest: Manif
 
 def _kind_issues(i: int, entry: BrickEntry, info: BrickVersion, manifest: Manifest,
                  registry: BrickSource) -> list[Issue]:
-    """What the brick's kind says about this entry (offsets, growth slots)."""
+    """What the brick's kind says about this entry: offsets to scale, reserved growth neurons."""
+    from bricks.kinds import kind_of  # imports torch: only when resolving against a registry
+
+    kind = kind_of(info.kind)
     issues: list[Issue] = []
-    if info.kind == "neurons":
-        issues += _offset_issues(i, entry, info, manifest, registry)
-    elif entry.offset_scale != 1.0:
-        issues.append((("bricks", i, "offset_scale"), f"{info.name} is a {info.kind} brick, which has no offset "
-                       "to scale; remove offset_scale"))
-    if info.kind == "growth":
-        slots = registry.get(entry.ref).growth_slots()
-        if slots > manifest.host.growth_slots:
-            issues.append((("host", "growth_slots"), f"growth brick {info.name} {info.version} (bricks[{i}]) needs "
-                           f"{slots} growth slots per layer but host.growth_slots is {manifest.host.growth_slots}; "
-                           f"set host.growth_slots: {slots} or more"))
+    offsets = kind.has_offsets(info.meta, lambda: registry.get(entry.ref))
+    if not offsets and entry.offset_scale != 1.0:
+        issues.append((("bricks", i, "offset_scale"), f"{info.name} {info.version} ({kind.name} brick) has no offset "
+                       "to scale; remove offset_scale (or use a steering brick)"))
+    if offsets and entry.offset_scale != 0.0 and manifest.engine.neuron_path == "lora":
+        issues.append((("bricks", i, "ref"), f"{info.name} {info.version} sets offsets, which engine.neuron_path: "
+                       "lora cannot serve (an offset is a bias, not a LoRA delta); use neuron_path: gain_table, or "
+                       "set offset_scale: 0 to serve its gains only"))
+    slots = registry.get(entry.ref).growth_slots() if kind.adds_neurons else 0
+    if slots > manifest.host.growth_slots:
+        issues.append((("host", "growth_slots"), f"{kind.name} brick {info.name} {info.version} (bricks[{i}]) needs "
+                       f"{slots} growth slots per layer but host.growth_slots is {manifest.host.growth_slots}; "
+                       f"set host.growth_slots: {slots} or more"))
     return issues
 
 
@@ -432,18 +437,3 @@ def _host_issues(i: int, info: BrickVersion, host: HostRef | None) -> list[Issue
     return [(("bricks", i, "ref"), f"{info.name} {info.version} was built for host {built.name or built.arch} "
              f"({built.short()}), but this manifest serves {host.name or host.arch} ({host.short()}); use a brick "
              "extracted from this host, or serve the host the brick was built for")]
-
-
-def _offset_issues(i: int, entry: BrickEntry, info: BrickVersion, manifest: Manifest,
-                   registry: BrickSource) -> list[Issue]:
-    has_offset = info.meta.params.get("has_offset")
-    if has_offset is None:  # older metadata does not say: look at the tensors
-        has_offset = any(s.offset is not None for s in registry.get(entry.ref).neurons.values())
-    if not has_offset and entry.offset_scale != 1.0:
-        return [(("bricks", i, "offset_scale"), f"{info.name} {info.version} has no offset to scale; remove "
-                 "offset_scale (or use a steering brick)")]
-    if has_offset and entry.offset_scale != 0.0 and manifest.engine.neuron_path == "lora":
-        return [(("bricks", i, "ref"), f"{info.name} {info.version} sets offsets, which engine.neuron_path: lora "
-                 "cannot serve (an offset is a bias, not a LoRA delta); use neuron_path: gain_table, or set "
-                 "offset_scale: 0 to serve its gains only")]
-    return []

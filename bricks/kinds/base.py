@@ -71,6 +71,7 @@ class Kind(ABC):
     unit: ClassVar[str]  # what size() counts
     part_type: ClassVar[type]  # the in-memory part of one owner
     peft_export: ClassVar[str | None] = None  # why a PEFT adapter cannot hold this kind (None: it can)
+    adds_neurons: ClassVar[bool] = False  # whether its bricks need reserved FFN neurons (growth_slots)
 
     # --- tensors -----------------------------------------------------------------------------------
     @abstractmethod

@@ -41,6 +41,7 @@ class GrowthKind(Kind):
     name = "growth"
     part_type = GrowthNeurons
     unit = "new neurons"
+    adds_neurons = True
     peft_export = "growth bricks add neurons: a PEFT LoRA adapter cannot hold them on an unwidened host"
 
     def owner_key(self, owner: int) -> str:

@@ -416,7 +416,7 @@ class FakeRegistry:
     def get(self, ref: str):
         _, _, _, slots, offsets = self.bricks[ref.partition("@")[0]]
         neurons = {0: SimpleNamespace(offset=object() if offsets else None)}
-        return SimpleNamespace(growth_slots=lambda: slots, neurons=neurons)
+        return SimpleNamespace(growth_slots=lambda: slots, parts=neurons)
 
 
 @pytest.fixture
