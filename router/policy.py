@@ -18,6 +18,7 @@ import faiss
 import numpy as np
 
 from bricks.errors import InvalidInputError
+from bricks.refs import ref_name
 from router.assembly import BrickChoice
 from router.embed import Embedder
 
@@ -158,7 +159,7 @@ def _dedup(choices: list[BrickChoice]) -> list[BrickChoice]:
     overrides a manifest gain instead of applying the brick twice."""
     out: dict[str, BrickChoice] = {}
     for c in choices:
-        name = c.ref.split("@", 1)[0]
+        name = ref_name(c.ref)
         out.pop(name, None)
         out[name] = c
     return list(out.values())

@@ -6,11 +6,12 @@ from safetensors.torch import save_file
 from vllm.v1.sample.logits_processor import BatchUpdate, MoveDirectionality
 
 from serving.vllm_model import _TABLE, BrickRowTracker, GainTable, RowsExhausted
+from serving.vllm_plugin import EXTRA_ASSEMBLY, EXTRA_ROW
 
 
 class _Params:
     def __init__(self, aid=None, path=None):
-        self.extra_args = {"brick_assembly": aid, "brick_row": path} if aid else None
+        self.extra_args = {EXTRA_ASSEMBLY: aid, EXTRA_ROW: path} if aid else None
 
 
 @pytest.fixture
@@ -56,7 +57,7 @@ def test_tracker_follows_adds_removes_and_moves(rows):
 
 def test_extra_args_are_validated():
     class P:
-        extra_args = {"brick_assembly": 5}
+        extra_args = {EXTRA_ASSEMBLY: 5}
 
     with pytest.raises(ValueError, match="must both be strings"):
         BrickRowTracker.validate_params(P())
