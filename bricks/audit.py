@@ -105,6 +105,9 @@ def audit_emergent(host, corpus: Corpus, *, top_pct: float = 0.5, test_frac: flo
     held-out check per label (time; 0 = no cap); halves come from `Corpus.halves(seed=1)` of the whole
     corpus; min_selectivity / min_own are the general check's thresholds (`extract_emergent`'s)."""
     thresholds = {"min_selectivity": min_selectivity, "min_own": min_own}
+    if random_sets < 0 or eval_tokens < 0:
+        raise InvalidInputError(f"random_sets={random_sets} and eval_tokens={eval_tokens} must be >= 0",
+                                "use e.g. --random-sets 5 --eval-tokens 1000")
     if not 0 < test_frac < 1:
         raise InvalidInputError(f"test_frac={test_frac} is not a fraction in (0, 1)", "use e.g. 0.2")
     rest, test = corpus.split(test_frac, seed=test_seed)

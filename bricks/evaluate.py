@@ -5,6 +5,7 @@
 - `selectivity_report(host, corpus, bricks, random_sets=5)`: for each brick, ΔPPL% on every label when it
   is applied, and the same for random neuron sets with the same count per layer; `own` is the brick's
   label (`meta.routing.label`). Rendered as a rich table, JSON or a heatmap PNG.
+- `host_spec_for(bricks)` / `evaluation_corpus(...)`: the host and the (held-out) text to evaluate on.
 - `jaccard(a, b)` / `stability(...)`: overlap of bricks re-extracted on two disjoint halves of a corpus.
 """
 
@@ -136,6 +137,8 @@ def selectivity_report(host, corpus: Corpus, bricks: list[Brick], random_sets: i
     same-shape sets. `random_labels="own"` scores random sets on the brick's own label only (faster)."""
     if random_labels not in ("all", "own"):
         raise InvalidInputError(f"random_labels={random_labels!r}", "use 'all' or 'own'")
+    if random_sets < 0:
+        raise InvalidInputError(f"{random_sets} random sets is negative", "use 0 or more (5 for a report)")
     nll = label_nll(host, corpus, progress=progress, **kw)
     base = {lab: math.exp(s / max(n, 1)) for lab, (s, n) in nll.items()}
     out = []
@@ -147,6 +150,38 @@ def selectivity_report(host, corpus: Corpus, bricks: list[Brick], random_sets: i
                           {lab: base[lab] for lab in rand_corpus.labels()}) for i in range(random_sets)]
         out.append(BrickSelectivity(brick.name, own, brick.size(), delta, rand))
     return SelectivityReport(sorted(base), base, out, {lab: n for lab, (_, n) in nll.items()})
+
+
+# --- what to evaluate on --------------------------------------------------------------------------
+def host_spec_for(bricks: list[Brick]) -> str:
+    """The host the bricks were extracted on, as `load_host` takes it (a built-in name or a folder here)."""
+    from bricks.host import BUILTIN_HOSTS, DEFAULT_HOST
+
+    names = {b.meta.host.fingerprint: b.meta.host.name for b in bricks}
+    if len(names) > 1:
+        raise InvalidInputError("the bricks were built for different hosts", "evaluate bricks of one host at a time")
+    name = next(iter(names.values())) or DEFAULT_HOST
+    if name not in BUILTIN_HOSTS and not Path(name).is_dir():
+        raise InvalidInputError(f"the bricks' host {name!r} is not a built-in host or a folder here",
+                                "run from the folder holding the host model, or re-extract on a built-in host")
+    return name
+
+
+def evaluation_corpus(bricks: list[Brick], corpus: Corpus, tokenizer, held_out_only: bool = True) -> Corpus:
+    """The text to evaluate bricks on, chunked like profiling: with `held_out_only`, only the documents the
+    first brick's extraction held out (by the split it recorded), so no brick is judged on text it saw."""
+    from bricks.profile import chunk_corpus
+
+    params = bricks[0].meta.params
+    if held_out_only:
+        frac, seed = params.get("held_out"), params.get("split_seed", 0)
+        if not frac:
+            raise InvalidInputError(f"brick {bricks[0].name!r} records no held-out split",
+                                    "pass --split all with evaluation data the extractor did not see")
+        corpus = corpus.split(float(frac), seed=int(seed))[1]
+        if not corpus:
+            raise InvalidInputError("the held-out split of the data is empty", "pass more data or --split all")
+    return chunk_corpus(corpus, tokenizer, int(params.get("max_len", 256)))
 
 
 # --- rendering ---------------------------------------------------------------------------------------

@@ -7,14 +7,15 @@ is this command's `--registry`, else the root group's `--registry`, else $BRICK_
 from __future__ import annotations
 
 import json
-from dataclasses import replace
+import textwrap
 from pathlib import Path
+from typing import Any
 
 import click
 from rich.table import Table
 
-from bricks.errors import InvalidInputError
-from cli.common import BrickCommand, console, host_option, open_registry, signed
+from bricks.host import DEFAULT_HOST
+from cli.common import BrickCommand, BrickGroup, console, host_option, open_registry, signed
 
 
 def _load_data(data: tuple[str, ...]):
@@ -24,42 +25,92 @@ def _load_data(data: tuple[str, ...]):
 
 
 # --- extract ------------------------------------------------------------------------------------------
-@click.command("extract", cls=BrickCommand)
-@click.argument("method")
-@host_option(help="Built-in host name or a local HF model folder.")
-@click.option("--data", multiple=True, help="Corpus: JSONL/text files or folders, or 'builtin' (default).")
-@click.option("--name", required=True, help="Brick name (label bricks are named NAME-LABEL).")
-@click.option("--version", default=None, help="Explicit version to publish (default: next minor).")
-@click.option("--held-out", type=float, default=None,
-              help="Fraction of documents held out to check each candidate (method default: 0.2).")
-@click.option("--force", is_flag=True, help="Publish candidates the held-out check calls general.")
-@click.option("--opt", "opts", multiple=True, metavar="KEY=VALUE", help="Method option (repeatable).")
-@click.option("--dry-run", is_flag=True, help="Extract and report, publish nothing.")
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-@click.option("--registry", "registry_path", type=click.Path(file_okay=False), default=None,
-              help="Registry folder (default: the brick group's --registry, $BRICK_REGISTRY, user data dir).")
-@click.pass_context
-def extract_cmd(ctx: click.Context, method: str, host_spec: str, data: tuple[str, ...], name: str,
-                version: str | None, held_out: float | None, force: bool, opts: tuple[str, ...], dry_run: bool,
-                as_json: bool, registry_path: str | None) -> None:
-    """Extract bricks with METHOD (emergent, clusters, rare-token...) and publish them."""
-    from bricks.extract import get_extractor
-    from bricks.extract.options import option_pairs
+class ExtractGroup(BrickGroup):
+    """One subcommand per registered extractor, built from the registry when asked for; a method may be
+    spelt with '-' or by an alias (`rare-token` is `rare_tokens`)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        from bricks.extract import extractors
+
+        return sorted(extractors())
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        from bricks.extract import get_extractor, resolve_name
+
+        return _method_command(get_extractor(name)) if resolve_name(name) else None
+
+    def resolve_command(self, ctx: click.Context, args: list[str]):
+        from bricks.extract import get_extractor
+
+        spec = get_extractor(args[0])  # an unknown method is a clean error listing the real names
+        return spec.name, _method_command(spec), args[1:]
+
+
+@click.group("extract", cls=ExtractGroup)
+def extract_cmd() -> None:
+    """Extract bricks with a method and publish them: `brick extract METHOD --help` lists its options."""
+
+
+def _method_command(spec) -> click.Command:
+    fields = spec.options.model_fields
+    params = [
+        click.Option(["--host", "host_spec"], default=DEFAULT_HOST, show_default=True,
+                     help="Built-in host name or a local HF model folder."),
+        click.Option(["--data"], multiple=True, help="Corpus: JSONL/text files or folders, or 'builtin' (default)."),
+        click.Option(["--name"], required=True, help="Brick name (label bricks are named NAME-LABEL)."),
+        click.Option(["--version"], default=None, help="Explicit version to publish (default: next minor)."),
+        click.Option(["--opt", "opts"], multiple=True, metavar="KEY=VALUE",
+                     help="Method option (repeatable; listed below)."),
+        click.Option(["--out", "out_dir"], type=click.Path(file_okay=False), default="brick-plots", show_default=True,
+                     help="Folder for the plots the method writes (their paths are printed)."),
+        click.Option(["--dry-run"], is_flag=True, help="Extract and report, publish nothing."),
+        click.Option(["--json", "as_json"], is_flag=True, help="Print the report as JSON."),
+        click.Option(["--registry", "registry_path"], type=click.Path(file_okay=False), default=None,
+                     help="Registry folder (default: the brick group's --registry, $BRICK_REGISTRY, user data dir)."),
+    ]
+    if "held_out" in fields:
+        params.append(click.Option(["--held-out"], type=float, default=None,
+                                   help=f"Same as --opt held_out=F (default {fields['held_out'].default})."))
+    if "force" in fields:
+        params.append(click.Option(["--force"], is_flag=True, help="Same as --opt force=true."))
+
+    @click.pass_context
+    def run(ctx: click.Context, opts: tuple[str, ...], held_out: float | None = None, force: bool = False,
+            **kw: Any) -> None:
+        from bricks.extract.options import option_pairs
+
+        options = option_pairs(opts)
+        if held_out is not None:
+            options["held_out"] = held_out
+        if force:
+            options["force"] = True
+        _extract(ctx, spec, spec.parse(options), **kw)
+
+    help_text = f"{spec.summary}\n\nPaper: {spec.reference_url}"
+    return BrickCommand(spec.name, callback=run, params=params, help=help_text, epilog=_options_help(spec.options),
+                        short_help=spec.summary)
+
+
+def _options_help(model) -> str:
+    """The method's options for --help: name, type and default, description (\\b keeps click from rewrapping)."""
+    from bricks.extract.options import describe_option, option_names
+
+    lines = ["Method options (--opt KEY=VALUE):", "", "\b"]
+    for key in option_names(model):
+        lines.append(f"  {key}")
+        lines.extend(textwrap.wrap(describe_option(model, key), width=96, initial_indent="      ",
+                                   subsequent_indent="      "))
+    return "\n".join(lines)
+
+
+def _extract(ctx: click.Context, spec, options, host_spec: str, data: tuple[str, ...], name: str,
+             version: str | None, out_dir: str, dry_run: bool, as_json: bool, registry_path: str | None) -> None:
     from bricks.host import load_host
 
-    spec = get_extractor(method)
-    options = option_pairs(opts)
-    if held_out is not None:
-        if not 0.0 <= held_out < 1.0:
-            raise InvalidInputError(f"--held-out {held_out} is not a fraction in [0, 1)", "use e.g. --held-out 0.2")
-        options["held_out"] = held_out
-    if force:
-        options["force"] = True
-    spec.parse(options)  # a bad option fails before the registry, the corpus and the host are opened
     reg = None if dry_run else open_registry(ctx, registry_path)  # resolve early: a bad path fails before work
     corpus = _load_data(data)
     host = load_host(host_spec)
-    result = spec.run(host, corpus, name=name, **options)
+    result = spec.fn(host, corpus, options, name=name, out_dir=Path(out_dir))
     published = [] if reg is None else [reg.publish(b, version=version) for b in result.bricks]
     _print_extraction(result, published, as_json)
 
@@ -68,18 +119,29 @@ def _print_extraction(result, published, as_json: bool) -> None:
     refs = [v.ref for v in published]
     if as_json:
         click.echo(json.dumps({"published": refs, "skipped": result.skipped, "report": result.report,
+                               "evidence": result.evidence,
                                "artifacts": {k: str(v) for k, v in result.artifacts.items()}}, indent=2, default=str))
         return
-    t = Table("brick", "neurons", "layers", "own ΔPPL%", "mean other ΔPPL%", "status")
+    columns = list(dict.fromkeys(k for row in result.evidence.values() for k in row))
+    t = Table("brick", "neurons", "layers", *columns, "status")
     for i, b in enumerate(result.bricks):
-        m = b.meta.metrics.get("held_out", {})
+        evidence = result.evidence.get(b.name, {})
         t.add_row(refs[i] if i < len(refs) else b.name, str(b.size()), str(len(b.neurons)),
-                  signed(m.get("own")), signed(m.get("mean_other")), "published" if i < len(refs) else "dry run")
+                  *(_figure(c, evidence.get(c)) for c in columns), "published" if i < len(refs) else "dry run")
     for cand, why in result.skipped.items():
-        t.add_row(cand, "", "", "", "", f"[yellow]not published[/yellow]: {why}")
+        evidence = result.evidence.get(cand, {})
+        t.add_row(cand, "", "", *(_figure(c, evidence.get(c)) for c in columns),
+                  f"[yellow]not published[/yellow]: {why}")
     console.print(t)
-    for k, v in result.artifacts.items():
-        console.print(f"  {k}: {v}")
+    for path in result.artifacts.values():
+        console.print(f"plot written: {path}")
+
+
+def _figure(column: str, value: float | None) -> str:
+    """A percentage as +12.3, any other figure to 3 significant digits."""
+    if value is None:
+        return "-"
+    return signed(value) if column.endswith("%") else f"{value:.3g}"
 
 
 # --- eval ------------------------------------------------------------------------------------------------
@@ -112,22 +174,25 @@ def eval_cmd(ctx: click.Context, refs: tuple[str, ...], data: tuple[str, ...], s
              positions: str, split_steer: str, layer_mode: str, max_new_tokens: int, host_spec: str | None,
              registry_path: str | None) -> None:
     """Evaluate bricks REF...: ΔPPL per label vs random neuron sets, or (--steer) steering variants."""
+    from bricks.evaluate import evaluation_corpus, host_spec_for
     from bricks.host import load_host
 
-    if random_sets < 0:
-        raise InvalidInputError(f"--random-sets {random_sets} is negative", "use 0 or more (5 for a report)")
     reg = open_registry(ctx, registry_path)
     bricks = [reg.get(r) for r in refs]
-    host = load_host(host_spec or _host_spec(bricks))
+    host = load_host(host_spec or host_spec_for(bricks))
     full = _load_data(data)
-    corpus = _eval_corpus(bricks, full, split, host.tokenizer)
+    corpus = evaluation_corpus(bricks, full, host.tokenizer, held_out_only=split == "held-out")
     if steer:
-        from bricks.steer import word_vocab
+        from bricks.steer import SteerPlan, render_steer_table, steer_bricks, word_vocab
 
+        plan = SteerPlan.from_text(forms, ks, positions, split_steer, layer_mode, max_new_tokens)
         vocab = word_vocab(full.by_label(target or "")) | word_vocab(full.by_label(dominant))
-        opts = {"forms": forms, "ks": ks, "positions": positions, "layer_mode": layer_mode, "split": split_steer,
-                "max_new_tokens": max_new_tokens}
-        _run_steer(host, bricks, corpus, target, dominant, opts, vocab, as_json)
+        results = steer_bricks(host, bricks, corpus, target, dominant, plan, vocab, progress=not as_json)
+        if as_json:
+            click.echo(json.dumps({n: [r.to_dict() for r in rs] for n, rs in results.items()}, indent=2))
+            return
+        for name, rs in results.items():
+            console.print(render_steer_table(rs, title=f"steering {name} toward {target}"))
         return
     from bricks.evaluate import heatmap_png, render_table, selectivity_report
 
@@ -140,94 +205,6 @@ def eval_cmd(ctx: click.Context, refs: tuple[str, ...], data: tuple[str, ...], s
     console.print(render_table(report))
     if heatmap:
         console.print(f"heatmap: {heatmap}")
-
-
-def _host_spec(bricks) -> str:
-    from bricks.host import BUILTIN_HOSTS, DEFAULT_HOST
-
-    names = {b.meta.host.fingerprint: b.meta.host.name for b in bricks}
-    if len(names) > 1:
-        raise InvalidInputError("the bricks were built for different hosts", "evaluate bricks of one host at a time")
-    name = next(iter(names.values())) or DEFAULT_HOST
-    if name not in BUILTIN_HOSTS and not Path(name).is_dir():
-        raise InvalidInputError(f"the bricks' host {name!r} is not a built-in host or a folder here",
-                                "run from the folder holding the host model, or re-extract on a built-in host")
-    return name
-
-
-def _eval_corpus(bricks, corpus, split: str, tokenizer):
-    """The held-out part of `corpus` by the split the first brick recorded (then chunked like profiling)."""
-    from bricks.profile import chunk_corpus
-
-    if split == "held-out":
-        params = bricks[0].meta.params
-        frac, seed = params.get("held_out"), params.get("split_seed", 0)
-        if not frac:
-            raise InvalidInputError(f"brick {bricks[0].name!r} records no held-out split",
-                                    "pass --split all with evaluation data the extractor did not see")
-        corpus = corpus.split(float(frac), seed=int(seed))[1]
-        if not corpus:
-            raise InvalidInputError("the held-out split of the data is empty", "pass more data or --split all")
-    return chunk_corpus(corpus, tokenizer, int(bricks[0].meta.params.get("max_len", 256)))
-
-
-def _floats(text: str, what: str) -> list[float]:
-    try:
-        return [float(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise InvalidInputError(f"{what} {text!r} is not a comma-separated list of numbers",
-                                f"write e.g. --{what} 0.5,1,2") from None
-
-
-def _choices(text: str, allowed: tuple[str, ...], what: str) -> list[str]:
-    got = [x.strip() for x in text.split(",") if x.strip()]
-    bad = [x for x in got if x not in allowed]
-    if bad or not got:
-        raise InvalidInputError(f"--{what} {text!r}: unknown {bad or 'empty'}", f"use some of: {', '.join(allowed)}")
-    return got
-
-
-def _split_settings(text: str) -> list:
-    """`--staged mean:2/diff:0.3,...`: a prompt-time variant / a generation-time variant per setting."""
-    from bricks.steer import FORMS, Setting
-
-    out = []
-    for item in filter(None, (x.strip() for x in text.split(","))):
-        try:
-            parts = [p.split(":") for p in item.split("/")]
-            (pf, pk), (gf, gk) = parts
-            if pf not in FORMS or gf not in FORMS:
-                raise ValueError
-            out.append(Setting((pf, float(pk)), (gf, float(gk))))
-        except ValueError:
-            raise InvalidInputError(f"--staged {item!r} is not FORM:K/FORM:K",
-                                    "write e.g. --staged mean:2/diff:0.3 (prompt / generation variant)") from None
-    return out
-
-
-def _run_steer(host, bricks, corpus, target, dominant, opts: dict, vocab, as_json) -> None:
-    from bricks.steer import FORMS, POSITIONS, grid, layer_sets, render_steer_table, steer_sweep
-
-    if not target:
-        raise InvalidInputError("--steer needs --target", "name the label to steer toward, e.g. --target fr")
-    if dominant not in corpus.labels():
-        raise InvalidInputError(f"the evaluation data has no {dominant!r} text for the perplexity cost",
-                                "pass --data with that label or set --dominant")
-    forms = _choices(opts["forms"], FORMS, "forms")
-    positions = _choices(opts["positions"], POSITIONS, "positions")
-    results = {}
-    for brick in bricks:
-        layers = layer_sets(brick) if opts["layer_mode"] == "halves" else {"all": None}
-        staged = [replace(s, layers=lname) for s in _split_settings(opts["split"]) for lname in layers]
-        settings = grid(forms, _floats(opts["ks"], "k"), positions, tuple(layers)) + staged
-        results[brick.name] = steer_sweep(host, brick, target, corpus.by_label(dominant), settings, layers=layers,
-                                          dominant=dominant, max_new_tokens=opts["max_new_tokens"], vocab=vocab,
-                                          progress=not as_json)
-    if as_json:
-        click.echo(json.dumps({n: [r.to_dict() for r in rs] for n, rs in results.items()}, indent=2))
-        return
-    for name, rs in results.items():
-        console.print(render_steer_table(rs, title=f"steering {name} toward {target}"))
 
 
 # --- audit ---------------------------------------------------------------------------------------------
@@ -252,10 +229,6 @@ def audit_cmd(host_spec: str, data: tuple[str, ...], top_pct: float, test_frac: 
     from bricks.evaluate import heatmap_png, render_table
     from bricks.host import load_host
 
-    if random_sets < 0 or eval_tokens < 0:
-        raise InvalidInputError("--random-sets and --eval-tokens must be >= 0", "use e.g. --random-sets 5")
-    if not 0 < test_frac < 1:
-        raise InvalidInputError(f"--test-frac {test_frac} is not a fraction in (0, 1)", "use e.g. --test-frac 0.2")
     corpus = _load_data(data)
     host = load_host(host_spec)
     audit = audit_emergent(host, corpus, top_pct=top_pct, test_frac=test_frac, eval_tokens=eval_tokens,

@@ -79,7 +79,8 @@ def option_names(model: type[ExtractorOptions]) -> list[str]:
 def describe_option(model: type[ExtractorOptions], key: str) -> str:
     """'TYPE (default D): description' for one option."""
     field = model.model_fields[key]
-    text = f"{type_name(field.annotation)} (default {json.dumps(field.default, default=str)})"
+    default = "none" if field.default is None else json.dumps(field.default, default=str)
+    text = f"{type_name(field.annotation)} (default {default})"
     return f"{text}: {field.description}" if field.description else text
 
 

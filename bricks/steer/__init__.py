@@ -10,14 +10,15 @@ into a steering brick. One module per job:
 - `generation`: greedy chat replies and the unmodified host's perplexity of them;
 - `words`: language shares, known words and repetition of a text;
 - `sweep`: `Setting` (a variant for the prompt and one for generated tokens), `grid` and `steer_sweep`,
-  which measures settings on greedy replies to dominant-language prompts;
+  which measures settings on greedy replies to dominant-language prompts, and `SteerPlan` /
+  `steer_bricks` for several bricks from settings written as text;
 - `report`: the results as a table.
 """
 
 from bricks.steer.generation import DEFAULT_PROMPTS, generate, text_perplexity
 from bricks.steer.hooks import POSITIONS, steered
 from bricks.steer.report import render_steer_table
-from bricks.steer.sweep import Setting, SteerResult, grid, steer_sweep
+from bricks.steer.sweep import Setting, SteerPlan, SteerResult, grid, parse_staged, steer_bricks, steer_sweep
 from bricks.steer.variants import FORMS, layer_sets, steering_variant
 from bricks.steer.words import (
     known_word_rate,
@@ -29,7 +30,8 @@ from bricks.steer.words import (
 )
 
 __all__ = [
-    "DEFAULT_PROMPTS", "FORMS", "POSITIONS", "Setting", "SteerResult", "generate", "grid", "known_word_rate",
-    "language_shares", "layer_sets", "render_steer_table", "repetition", "score_generations", "steer_sweep",
-    "steered", "steering_variant", "text_perplexity", "word_language", "word_vocab",
+    "DEFAULT_PROMPTS", "FORMS", "generate", "grid", "known_word_rate", "language_shares", "layer_sets",
+    "parse_staged", "POSITIONS", "render_steer_table", "repetition", "score_generations", "Setting", "steer_bricks",
+    "steer_sweep", "steered", "steering_variant", "SteerPlan", "SteerResult", "text_perplexity", "word_language",
+    "word_vocab",
 ]

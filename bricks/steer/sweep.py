@@ -2,20 +2,22 @@
 
 A `Setting` names the variant applied while the prompt is read and the one applied at generated tokens
 (the same in both: every position; different: "staged"). `steer_sweep` measures settings on greedy
-replies to dominant-language prompts.
+replies to dominant-language prompts; `SteerPlan` and `steer_bricks` do that for several bricks from
+settings written as text.
 """
 
 from __future__ import annotations
 
 from contextlib import ExitStack
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 from bricks.corpus import Corpus
+from bricks.errors import InvalidInputError
 from bricks.evaluate import label_perplexity
 from bricks.format import Brick
 from bricks.steer.generation import DEFAULT_PROMPTS, generate, text_perplexity
 from bricks.steer.hooks import POSITIONS, steered
-from bricks.steer.variants import steering_variant
+from bricks.steer.variants import FORMS, layer_sets, steering_variant
 from bricks.steer.words import score_generations
 
 
@@ -113,3 +115,83 @@ def steer_sweep(host, brick: Brick, target: str, dominant_corpus: Corpus, settin
     settings = [Setting(None, None, "-")] + list(settings)
     return [sweep.run(s, prompts or DEFAULT_PROMPTS, max_new_tokens)
             for s in tqdm(settings, desc="steering settings", disable=not progress)]
+
+
+# --- several bricks, from settings written as text -------------------------------------------------------
+@dataclass(frozen=True)
+class SteerPlan:
+    """What to sweep for every brick: a grid of forms x strengths x positions, plus staged settings, on all
+    of a brick's layers or also on its lower and upper half (`layer_mode="halves"`)."""
+
+    forms: tuple[str, ...] = FORMS
+    ks: tuple[float, ...] = (0.5, 1.0, 2.0, 3.0)
+    positions: tuple[str, ...] = POSITIONS
+    staged: tuple[Setting, ...] = ()
+    layer_mode: str = "all"
+    max_new_tokens: int = 48
+
+    @classmethod
+    def from_text(cls, forms: str = "diff,mean", ks: str = "0.5,1,2,3", positions: str = "all,generated,prompt",
+                  staged: str = "", layer_mode: str = "all", max_new_tokens: int = 48) -> SteerPlan:
+        """A plan from comma-separated lists (as a command line writes them); `staged` is
+        'FORM:K/FORM:K,...', a prompt-time variant / a generation-time variant per setting."""
+        if layer_mode not in ("all", "halves"):
+            raise InvalidInputError(f"layer mode {layer_mode!r}", "use 'all' or 'halves'")
+        return cls(tuple(_choices(forms, FORMS, "forms")), tuple(_numbers(ks, "k")),
+                   tuple(_choices(positions, POSITIONS, "positions")), tuple(parse_staged(staged)), layer_mode,
+                   max_new_tokens)
+
+    def settings(self, brick: Brick) -> tuple[dict[str, list[int] | None], list[Setting]]:
+        """The brick's layer sets and every setting to measure on it."""
+        layers = layer_sets(brick) if self.layer_mode == "halves" else {"all": None}
+        staged = [replace(s, layers=lname) for s in self.staged for lname in layers]
+        return layers, grid(self.forms, self.ks, self.positions, tuple(layers)) + staged
+
+
+def steer_bricks(host, bricks: list[Brick], corpus: Corpus, target: str | None, dominant: str, plan: SteerPlan,
+                 vocab: set[str] | None = None, progress: bool = True) -> dict[str, list[SteerResult]]:
+    """`steer_sweep` of every brick toward `target` on `plan`'s settings; `corpus` must hold `dominant`
+    text (its perplexity is the cost). Results by brick name."""
+    if not target:
+        raise InvalidInputError("steering needs a target label", "name the label to steer toward, e.g. --target fr")
+    if dominant not in corpus.labels():
+        raise InvalidInputError(f"the evaluation data has no {dominant!r} text for the perplexity cost",
+                                "pass data with that label or set the dominant label (--dominant)")
+    results = {}
+    for brick in bricks:
+        layers, settings = plan.settings(brick)
+        results[brick.name] = steer_sweep(host, brick, target, corpus.by_label(dominant), settings, layers=layers,
+                                          dominant=dominant, max_new_tokens=plan.max_new_tokens, vocab=vocab,
+                                          progress=progress)
+    return results
+
+
+def parse_staged(text: str) -> list[Setting]:
+    """'mean:2/diff:0.3,...': per setting, the variant while the prompt is read / the one at generated tokens."""
+    out = []
+    for item in filter(None, (x.strip() for x in text.split(","))):
+        try:
+            (pf, pk), (gf, gk) = (p.split(":") for p in item.split("/"))
+            if pf not in FORMS or gf not in FORMS:
+                raise ValueError
+            out.append(Setting((pf, float(pk)), (gf, float(gk))))
+        except ValueError:
+            raise InvalidInputError(f"staged setting {item!r} is not FORM:K/FORM:K",
+                                    "write e.g. --staged mean:2/diff:0.3 (prompt / generation variant)") from None
+    return out
+
+
+def _numbers(text: str, what: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise InvalidInputError(f"{what} {text!r} is not a comma-separated list of numbers",
+                                f"write e.g. --{what} 0.5,1,2") from None
+
+
+def _choices(text: str, allowed: tuple[str, ...], what: str) -> list[str]:
+    got = [x.strip() for x in text.split(",") if x.strip()]
+    bad = [x for x in got if x not in allowed]
+    if bad or not got:
+        raise InvalidInputError(f"--{what} {text!r}: unknown {bad or 'empty'}", f"use some of: {', '.join(allowed)}")
+    return got

@@ -46,7 +46,7 @@ def test_a_bad_type_names_the_option_its_type_and_default():
 
 def test_type_names_read_well():
     assert type_name(int) == "int" and type_name(float | None) == "float or none"
-    assert describe_option(RareTokenOptions, "layer").startswith("int or none (default null): FFN layer")
+    assert describe_option(RareTokenOptions, "layer").startswith("int or none (default none): FFN layer")
 
 
 def test_rare_token_spellings_resolve_to_the_real_name():

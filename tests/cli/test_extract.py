@@ -89,3 +89,44 @@ def test_cli_audit_reports_and_refuses_bad_input(tiny_host_dir, corpus, tmp_path
     for args in (base + ["--test-frac", "1.5"], ["--host", str(tiny_host_dir), "--data", str(few)]):
         r = CliRunner().invoke(audit_cmd, args)
         assert r.exit_code == 1 and "fix:" in r.output and "Traceback" not in r.output, r.output
+
+
+def test_cli_extract_has_one_subcommand_per_extractor_with_its_options_in_help():
+    r = CliRunner().invoke(extract_cmd, ["--help"])
+    assert r.exit_code == 0 and all(m in r.output for m in ("clusters", "emergent", "rare_tokens"))
+    r = CliRunner().invoke(extract_cmd, ["emergent", "--help"])
+    assert r.exit_code == 0, r.output
+    assert "Method options (--opt KEY=VALUE)" in r.output and "arxiv.org/abs/2409.02877" in r.output
+    assert "top_pct" in r.output and "float (default 0.5): Brick size, % of all FFN neurons." in r.output
+    for spelling in ("rare-token", "rare-tokens", "rare_tokens"):
+        r = CliRunner().invoke(extract_cmd, [spelling, "--help"])
+        assert r.exit_code == 0 and "extract rare_tokens" in r.output and "confirm_top" in r.output, r.output
+    r = CliRunner().invoke(extract_cmd, ["clusters", "--help"])
+    assert "--held-out" not in r.output and "--force" in r.output  # flags only where the method has the option
+
+
+def test_cli_bad_option_type_is_one_clean_error(tiny_host_dir, tmp_path):
+    r = CliRunner().invoke(extract_cmd, ["emergent", "--host", str(tiny_host_dir), "--name", "t", "--dry-run",
+                                         "--opt", "top_pct=lots"])
+    assert r.exit_code == 1 and "Traceback" not in r.output, r.output
+    assert "emergent option top_pct='lots'" in r.output and "fix: --opt top_pct=... takes float" in r.output
+
+
+def test_cli_rare_tokens_writes_its_plot_under_out_and_shows_its_figures(tiny_host_dir, tmp_path, monkeypatch):
+    data = _write_corpus(tmp_path / "c.jsonl")
+    monkeypatch.chdir(tmp_path)
+    args = ["rare-token", "--host", str(tiny_host_dir), "--data", str(data), "--name", "rt", "--dry-run",
+            "--opt", "confirm_top=24", "--opt", "max_tokens=none", "--opt", "eval_tokens=none", "--opt",
+            "max_common_ratio=none", "--opt", "progress=false"]
+    r = CliRunner().invoke(extract_cmd, args + ["--out", str(tmp_path / "elsewhere"), "--json"])
+    assert r.exit_code == 0, r.output
+    got = json.loads(r.stdout)
+    assert got["artifacts"]["influence_curve"] == str(tmp_path / "elsewhere" / "rt-influence.png")
+    evidence = got["evidence"]["rt"]
+    assert set(evidence) == {"rare Δloss", "common Δloss", "rare/common", "rare/random"}
+    r = CliRunner().invoke(extract_cmd, args)
+    assert r.exit_code == 0, r.output
+    plot = tmp_path / "brick-plots" / "rt-influence.png"
+    assert plot.stat().st_size > 1000 and f"plot written: {plot.relative_to(tmp_path)}" in r.output
+    table = r.output[r.output.index("┏"):]
+    assert all(f"{v:.3g}" in table for v in evidence.values()), table  # its own figures, not "-"
