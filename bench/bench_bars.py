@@ -19,6 +19,7 @@ import torch
 from rich.console import Console
 
 from bricks.audit import audit_emergent
+from bricks.constants import DEFAULT_HOST
 from bricks.corpus import load_corpus
 from bricks.evaluate import heatmap_png, render_table
 from bricks.host import load_host
@@ -33,7 +34,7 @@ def main() -> None:
                     help="Test-split tokens per label (0 = the whole test split, ~5k per label: slower).")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    host = load_host("smollm2-135m-instruct")
+    host = load_host(DEFAULT_HOST)
     t = time.perf_counter()
     audit = audit_emergent(host, load_corpus("builtin"), top_pct=args.top_pct, eval_tokens=args.eval_tokens,
                            progress=True)

@@ -21,6 +21,7 @@ import time
 
 import torch
 
+from bricks.constants import DEFAULT_HOST
 from bricks.corpus import Corpus, batches, load_corpus
 from bricks.extract.emergent import EmergentOptions, extract_emergent
 from bricks.host import load_host
@@ -62,7 +63,7 @@ def main() -> None:
     ap.add_argument("--skip-extract", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    host = load_host("smollm2-135m-instruct")
+    host = load_host(DEFAULT_HOST)
     corpus = load_corpus("builtin")
     if args.docs:
         corpus = Corpus(corpus[:: args.docs])

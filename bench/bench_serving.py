@@ -24,8 +24,10 @@ import numpy as np
 import torch
 
 from bricks.constants import DEFAULT_HOST
-from bricks.format import Brick, BrickMeta, LoraModule, neuron_brick
+from bricks.format import Brick, BrickMeta
 from bricks.host import load_host
+from bricks.kinds.lora import LoraModule
+from bricks.kinds.neurons import neuron_brick
 from registry import Registry
 from router.assembly import AssemblyCache, BrickChoice
 from serving.engine import GenRequest

@@ -11,9 +11,6 @@ import torch
 from bricks.adapters import ArchAdapter
 from bricks.compose import Assembly
 from bricks.kinds import KINDS
-from bricks.kinds.neurons import neuron_map_applied
-
-__all__ = ["assembly_applied", "neuron_map_applied"]
 
 
 @contextmanager

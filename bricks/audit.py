@@ -36,7 +36,7 @@ from bricks.extract.emergent import (
     make_brick,
     select_neurons,
 )
-from bricks.format import neuron_brick
+from bricks.kinds.neurons import neuron_brick
 from bricks.profile import Profile, chunk_corpus, profile_corpus
 
 

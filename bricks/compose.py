@@ -16,9 +16,9 @@ from bricks.errors import InvalidInputError
 from bricks.format import HostRef
 from bricks.kinds import KINDS
 from bricks.kinds.base import BrickUse
-from bricks.kinds.neurons import NeuronMap, compose_neurons
+from bricks.kinds.neurons import NeuronMap
 
-__all__ = ["Assembly", "BrickUse", "NeuronMap", "assemble", "compose_neurons"]
+__all__ = ["Assembly", "BrickUse", "assemble", "order_matters"]  # BrickUse: what assemble takes
 
 
 @dataclass

@@ -25,7 +25,8 @@ from bricks.apply import assembly_applied
 from bricks.compose import BrickUse, assemble
 from bricks.corpus import Corpus, batches
 from bricks.errors import InvalidInputError
-from bricks.format import Brick, neuron_brick
+from bricks.format import Brick
+from bricks.kinds.neurons import neuron_brick
 from bricks.profile import decoder
 
 _LOGIT_CHUNK = 1024  # positions per LM-head call: [1024, vocab] fp32 is ~200 MB on SmolLM2

@@ -25,9 +25,6 @@ from safetensors.torch import save as st_save
 from bricks.errors import HostMismatchError, InvalidInputError
 from bricks.kinds import KINDS, Kind, kind_of
 from bricks.kinds.base import bad_brick
-from bricks.kinds.growth import GrowthNeurons  # noqa: F401  (re-exported until every caller imports the kind)
-from bricks.kinds.lora import LoraModule  # noqa: F401
-from bricks.kinds.neurons import NeuronSet, neuron_brick  # noqa: F401
 from bricks.refs import NAME_RE
 
 FORMAT_VERSION = 1

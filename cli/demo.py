@@ -54,7 +54,7 @@ def _ensure_bricks(reg, host) -> list[str]:
     have = [n for n in reg.names() if n.startswith(f"{PREFIX}-")]
     mine = [n for n in have if reg.resolve(n).host_fingerprint == host.ref.fingerprint]
     if not mine:
-        result = get_extractor("emergent").fn(host, load_corpus("builtin"), name=PREFIX)
+        result = get_extractor("emergent").run(host, load_corpus("builtin"), name=PREFIX)
         for b in result.bricks:
             reg.publish(b)
         for cand, why in result.skipped.items():

@@ -57,7 +57,8 @@ from bricks.extract.zones import (
     collect_activations,
     token_slices,
 )
-from bricks.format import Brick, neuron_brick
+from bricks.format import Brick
+from bricks.kinds.neurons import neuron_brick
 
 
 # --- clustering ------------------------------------------------------------------------------------

@@ -27,7 +27,8 @@ from bricks.errors import InvalidInputError
 from bricks.evaluate import delta_pct, label_perplexity
 from bricks.extract import Extraction, extractor
 from bricks.extract.options import ExtractorOptions, comma_list
-from bricks.format import Brick, neuron_brick
+from bricks.format import Brick
+from bricks.kinds.neurons import neuron_brick
 from bricks.profile import Profile, chunk_corpus, profile_corpus
 
 METHODS = ("auto", "funcscore", "lape", "combined")

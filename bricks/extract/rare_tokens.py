@@ -57,7 +57,8 @@ from bricks.errors import InvalidInputError
 from bricks.extract import Extraction, extractor
 from bricks.extract.options import ExtractorOptions
 from bricks.extract.zones import attach_profile, token_slices, zone_profile
-from bricks.format import Brick, neuron_brick
+from bricks.format import Brick
+from bricks.kinds.neurons import neuron_brick
 from bricks.profile import decoder, ffn_capture
 
 RARE, COMMON, OTHER = 0, 1, -1

@@ -7,10 +7,10 @@ from contextlib import contextmanager
 
 import torch
 
-from bricks.apply import neuron_map_applied
 from bricks.compose import BrickUse, assemble
 from bricks.errors import InvalidInputError
 from bricks.format import Brick
+from bricks.kinds.neurons import neuron_map_applied
 
 POSITIONS = ("all", "generated", "prompt")
 

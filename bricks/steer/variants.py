@@ -9,7 +9,8 @@ from __future__ import annotations
 import torch
 
 from bricks.errors import InvalidInputError
-from bricks.format import Brick, NeuronSet
+from bricks.format import Brick
+from bricks.kinds.neurons import NeuronSet
 
 FORMS = ("diff", "mean")
 

@@ -2,9 +2,12 @@
 
 import torch
 
-from bricks.apply import assembly_applied, neuron_map_applied
-from bricks.compose import BrickUse, assemble, compose_neurons
-from bricks.format import Brick, BrickMeta, GrowthNeurons, LoraModule, neuron_brick
+from bricks.apply import assembly_applied
+from bricks.compose import BrickUse, assemble
+from bricks.format import Brick, BrickMeta
+from bricks.kinds.growth import GrowthNeurons
+from bricks.kinds.lora import LoraModule
+from bricks.kinds.neurons import compose_neurons, neuron_brick, neuron_map_applied
 
 
 def _logits(host, ids):

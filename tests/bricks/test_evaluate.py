@@ -17,7 +17,7 @@ from bricks.evaluate import (
     selectivity_report,
     stability,
 )
-from bricks.format import neuron_brick
+from bricks.kinds.neurons import neuron_brick
 from bricks.steer import language_shares, repetition, steered, steering_variant
 from tests.conftest import TINY_TEXT
 

@@ -2,17 +2,10 @@ import pytest
 import torch
 
 from bricks.errors import HostMismatchError, InvalidInputError
-from bricks.format import (
-    Brick,
-    BrickMeta,
-    GrowthNeurons,
-    HostRef,
-    LoraModule,
-    brick_from_bytes,
-    load_brick,
-    neuron_brick,
-    save_brick,
-)
+from bricks.format import Brick, BrickMeta, HostRef, brick_from_bytes, load_brick, save_brick
+from bricks.kinds.growth import GrowthNeurons
+from bricks.kinds.lora import LoraModule
+from bricks.kinds.neurons import neuron_brick
 
 HOST = HostRef(fingerprint="sha256:" + "ab" * 32, arch="LlamaForCausalLM", n_layers=4, d_model=64, d_ff=128,
                n_heads=4, n_kv_heads=2, head_dim=16, name="tiny")

@@ -6,7 +6,10 @@ import torch
 from bricks.apply import assembly_applied
 from bricks.compose import BrickUse, assemble
 from bricks.errors import InvalidInputError
-from bricks.format import Brick, BrickMeta, GrowthNeurons, LoraModule, neuron_brick
+from bricks.format import Brick, BrickMeta
+from bricks.kinds.growth import GrowthNeurons
+from bricks.kinds.lora import LoraModule
+from bricks.kinds.neurons import neuron_brick
 from bricks.lora import LowRank, allowed_rank, assembly_adapter, truncate, write_peft
 
 

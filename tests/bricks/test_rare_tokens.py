@@ -7,8 +7,7 @@ import pytest
 import torch
 
 from bricks.analysis.regimes import RegimeFit
-from bricks.apply import neuron_map_applied
-from bricks.compose import BrickUse, compose_neurons
+from bricks.compose import BrickUse
 from bricks.corpus import Corpus, Doc, batches
 from bricks.errors import InvalidInputError
 from bricks.extract import get_extractor
@@ -23,7 +22,8 @@ from bricks.extract.rare_tokens import (
     class_means,
     split_by_mass,
 )
-from bricks.format import brick_from_bytes, neuron_brick
+from bricks.format import brick_from_bytes
+from bricks.kinds.neurons import compose_neurons, neuron_brick, neuron_map_applied
 from tests.conftest import TINY_TEXT
 
 

@@ -3,10 +3,11 @@
 import pytest
 import torch
 
-from bricks.compose import BrickUse, compose_neurons
+from bricks.compose import BrickUse
 from bricks.corpus import Corpus, load_corpus
 from bricks.extract import get_extractor
 from bricks.extract.rare_tokens import HeadReplay, TokenSplit, cache_layer
+from bricks.kinds.neurons import compose_neurons
 from tests.bricks.test_rare_tokens import _full_forward_ce
 
 pytestmark = pytest.mark.real

@@ -4,7 +4,7 @@ import pytest
 
 import bricks.steer
 from bricks.errors import InvalidInputError
-from bricks.format import neuron_brick
+from bricks.kinds.neurons import neuron_brick
 from bricks.steer import Setting, SteerPlan, parse_staged
 
 

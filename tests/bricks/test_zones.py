@@ -19,7 +19,8 @@ from bricks.extract.zones import (
     zone_edges,
     zone_profile,
 )
-from bricks.format import brick_from_bytes, neuron_brick
+from bricks.format import brick_from_bytes
+from bricks.kinds.neurons import neuron_brick
 from tests.conftest import TINY_TEXT
 
 VOCAB = ["7", "42", " the", " cat", ",", ".", " Paris", "{", "\n", "é"]

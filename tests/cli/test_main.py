@@ -6,7 +6,8 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from bricks.format import neuron_brick, save_brick
+from bricks.format import save_brick
+from bricks.kinds.neurons import neuron_brick
 from cli.main import cli
 
 
@@ -98,8 +99,8 @@ def test_export_and_import_peft(run, brick_file, tmp_path, tiny_host_dir):
     run("publish", brick_file(gain=0.5))
     # offsets cannot go into a LoRA adapter: one clear error
     assert "offsets" in run("export-peft", str(tmp_path / "x"), "lang-fr", "--host", str(tiny_host_dir), code=1)
-    from bricks.format import neuron_brick as nb
     from bricks.host import host_ref
+    from bricks.kinds.neurons import neuron_brick as nb
 
     save_brick(nb("gains", host_ref(str(tiny_host_dir)), {1: [1, 2]}, gain=0.0), tmp_path / "g.safetensors")
     run("publish", str(tmp_path / "g.safetensors"))

@@ -7,7 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from bricks.format import Brick, BrickMeta, HostRef, LoraModule, neuron_brick
+from bricks.format import Brick, BrickMeta, HostRef
+from bricks.kinds.lora import LoraModule
+from bricks.kinds.neurons import neuron_brick
 from registry import Registry
 
 HOST = HostRef(fingerprint="sha256:" + "ab" * 32, arch="llama", n_layers=4, d_model=64, d_ff=128, n_heads=4,

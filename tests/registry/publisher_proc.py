@@ -18,7 +18,8 @@ import sys
 import time
 from pathlib import Path
 
-from bricks.format import HostRef, neuron_brick
+from bricks.format import HostRef
+from bricks.kinds.neurons import neuron_brick
 from registry import Registry
 
 HOST = HostRef(fingerprint="sha256:" + "ab" * 32, arch="llama", n_layers=4, d_model=64, d_ff=128, n_heads=4,

@@ -2,7 +2,9 @@ import pytest
 import torch
 
 from bricks.errors import InvalidInputError, NotFoundError
-from bricks.format import Brick, BrickMeta, LoraModule, neuron_brick
+from bricks.format import Brick, BrickMeta
+from bricks.kinds.lora import LoraModule
+from bricks.kinds.neurons import neuron_brick
 from registry import Registry
 from router.assembly import AssemblyCache, BrickChoice, load_row
 

@@ -9,7 +9,10 @@ import threading
 import pytest
 import torch
 
-from bricks.format import Brick, BrickMeta, GrowthNeurons, LoraModule, neuron_brick
+from bricks.format import Brick, BrickMeta
+from bricks.kinds.growth import GrowthNeurons
+from bricks.kinds.lora import LoraModule
+from bricks.kinds.neurons import neuron_brick
 
 
 class BackgroundLoop:

@@ -6,7 +6,8 @@ import httpx
 import pytest
 import torch
 
-from bricks.format import HostRef, neuron_brick
+from bricks.format import HostRef
+from bricks.kinds.neurons import neuron_brick
 
 pytestmark = [pytest.mark.real, pytest.mark.vllm]
 KEY = "test-key-123"
