@@ -134,3 +134,16 @@ class Kind(ABC):
     @abstractmethod
     def lora_targets(self, brick: Brick, neuron_path: str) -> set[str]:
         """Module suffixes (q_proj, down_proj, ...) the served adapter touches for this brick."""
+
+
+class LayerKind(Kind):
+    """A kind whose parts are owned by a layer (neurons, growth): the owner key is the layer number."""
+
+    def owner_key(self, owner: int) -> str:
+        return str(owner)
+
+    def parse_owner(self, key: str) -> int:
+        return int(key)
+
+    def layer_of(self, owner: int) -> int:
+        return owner

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from bricks.errors import InvalidInputError
-from bricks.kinds.base import BrickUse, Kind, LoraContext, LowRank, bad_brick, check_layer
+from bricks.kinds.base import BrickUse, LayerKind, LoraContext, LowRank, bad_brick, check_layer
 from bricks.kinds.lora import module_name
 
 if TYPE_CHECKING:
@@ -37,18 +37,12 @@ def _growth_hook(groups: list[GrowthNeurons], act):
     return hook
 
 
-class GrowthKind(Kind):
+class GrowthKind(LayerKind):
     name = "growth"
     part_type = GrowthNeurons
     unit = "new neurons"
     adds_neurons = True
     peft_export = "growth bricks add neurons: a PEFT LoRA adapter cannot hold them on an unwidened host"
-
-    def owner_key(self, owner: int) -> str:
-        return str(owner)
-
-    def parse_owner(self, key: str) -> int:
-        return int(key)
 
     def part_tensors(self, part: GrowthNeurons) -> dict[str, torch.Tensor]:
         return {"gate": part.gate, "up": part.up, "down": part.down}
@@ -62,9 +56,6 @@ class GrowthKind(Kind):
         if g.gate.shape != (k, d) or g.up.shape != (k, d) or g.down.shape != (d, k):
             raise bad_brick(src, f"layer {layer}: growth needs gate/up [k, {d}] and down [{d}, k], got "
                                  f"{tuple(g.gate.shape)}, {tuple(g.up.shape)}, {tuple(g.down.shape)}")
-
-    def layer_of(self, layer: int) -> int:
-        return layer
 
     def part_size(self, part: GrowthNeurons) -> int:
         return int(part.gate.shape[0])

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from bricks.errors import InvalidInputError
-from bricks.kinds.base import BrickUse, Kind, LoraContext, LowRank, bad_brick, check_layer
+from bricks.kinds.base import BrickUse, LayerKind, LoraContext, LowRank, bad_brick, check_layer
 from bricks.kinds.lora import module_name, widen
 
 if TYPE_CHECKING:
@@ -115,16 +115,10 @@ def neuron_map_to_lora(nmap: NeuronMap, w_down: dict[int, torch.Tensor], adapter
     return out
 
 
-class NeuronKind(Kind):
+class NeuronKind(LayerKind):
     name = "neurons"
     part_type = NeuronSet
     unit = "neurons"
-
-    def owner_key(self, owner: int) -> str:
-        return str(owner)
-
-    def parse_owner(self, key: str) -> int:
-        return int(key)
 
     def part_tensors(self, part: NeuronSet) -> dict[str, torch.Tensor]:
         out = {"indices": part.indices, "gain": part.gain}
@@ -157,9 +151,6 @@ class NeuronKind(Kind):
         if s.label_means is not None and s.label_means.shape != (n_labels, r):
             raise bad_brick(src, f"layer {layer}: label_means must be [{n_labels} labels, {r}], "
                                  f"got {tuple(s.label_means.shape)}")
-
-    def layer_of(self, layer: int) -> int:
-        return layer
 
     def part_size(self, part: NeuronSet) -> int:
         return int(part.indices.numel())
