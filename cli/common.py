@@ -12,7 +12,7 @@ from typing import Any
 import click
 from rich.console import Console
 
-from bricks.constants import DEFAULT_HOST
+from bricks.constants import DEFAULT_HOST, ENGINE_KINDS
 from bricks.errors import BrickError
 
 console = Console()
@@ -63,4 +63,4 @@ def signed(v: float | None) -> str:
     return "-" if v is None else f"{v:+.1f}"
 
 
-ENGINES = click.Choice(["vllm", "transformers"])
+ENGINES = click.Choice(ENGINE_KINDS)

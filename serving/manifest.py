@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, Protocol
 
 from pydantic import AfterValidator, Field, FiniteFloat, PrivateAttr, model_validator
 
-from bricks.constants import BUILTIN_HOSTS, DEFAULT_HOST, LORA_RANKS
+from bricks.constants import BUILTIN_HOSTS, DEFAULT_HOST, ENGINE_KINDS, LORA_RANKS
 from bricks.errors import BrickError, InvalidInputError, NotFoundError
 from bricks.refs import NAME_RE, REF_FORMS, parse_ref, ref_name
 from bricks.yamlconfig import (
@@ -137,7 +137,7 @@ class RoutingConfig(Section):
 class EngineConfig(Section):
     """The inference engine and its limits."""
 
-    kind: Literal["vllm", "transformers"] = Field("vllm", description="vllm, or the transformers reference engine")
+    kind: Literal[ENGINE_KINDS] = Field("vllm", description="vllm, or the transformers reference engine")
     neuron_path: Literal["gain_table", "lora"] = Field(
         "gain_table", description="how neuron bricks are served: the per-token gain table, or compiled to LoRA "
         "(no offsets)")
