@@ -25,7 +25,7 @@ demo: install
 test: install
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests
 
-# The full-corpus extraction bars of issue 8 (selectivity, stability) on SmolLM2: ~10+ min on 2 cores.
+# The full-corpus extraction bars (selectivity, stability, general check) on SmolLM2: ~10+ min on 2 cores.
 test-slow: install
 	$(BIN)/python -m pytest -q -p no:cacheprovider -m slow tests
 

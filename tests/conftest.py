@@ -98,3 +98,14 @@ def _torch_threads(request):
     torch.set_num_threads(want)
     yield
     torch.set_num_threads(n)
+
+
+def labelled_brick(host, gain=0.0, name="b", label="fr"):
+    """A small neuron brick on two layers with en/fr label means (0 and 1), routed to `label`."""
+    from bricks.kinds.neurons import neuron_brick
+
+    b = neuron_brick(name, host.ref, {1: [3, 9, 40], 3: [0, 127]}, gain=gain, labels=["en", "fr"])
+    b.meta.routing.label = label
+    for s in b.neurons.values():
+        s.label_means = torch.stack([torch.zeros(s.indices.numel()), torch.ones(s.indices.numel())])
+    return b

@@ -17,9 +17,7 @@ from bricks.evaluate import (
     selectivity_report,
     stability,
 )
-from bricks.kinds.neurons import neuron_brick
-from bricks.steer import language_shares, repetition, steered, steering_variant
-from tests.conftest import TINY_TEXT
+from tests.conftest import TINY_TEXT, labelled_brick
 
 TORCH_THREADS = 1  # the tiny model's matmuls are microseconds: OpenMP hand-offs cost more than they save
 
@@ -28,14 +26,6 @@ TORCH_THREADS = 1  # the tiny model's matmuls are microseconds: OpenMP hand-offs
 def corpus():
     labels = ["en", "fr", "code", "math", "de"]
     return Corpus(Doc(t + f" {i}", lab) for i in range(3) for t, lab in zip(TINY_TEXT, labels, strict=True))
-
-
-def _brick(host, gain=0.0, name="b", label="fr"):
-    b = neuron_brick(name, host.ref, {1: [3, 9, 40], 3: [0, 127]}, gain=gain, labels=["en", "fr"])
-    b.meta.routing.label = label
-    for s in b.neurons.values():
-        s.label_means = torch.stack([torch.zeros(s.indices.numel()), torch.ones(s.indices.numel())])
-    return b
 
 
 def test_nll_equals_transformers_loss(tiny_host):
@@ -52,12 +42,12 @@ def test_nll_equals_transformers_loss(tiny_host):
 
 def test_gain_one_leaves_perplexity_bit_identical(tiny_host, corpus):
     base = label_perplexity(tiny_host, corpus)
-    assert label_perplexity(tiny_host, corpus, [BrickUse(_brick(tiny_host, gain=1.0))]) == base
-    assert label_perplexity(tiny_host, corpus, [BrickUse(_brick(tiny_host, gain=0.0))]) != base
+    assert label_perplexity(tiny_host, corpus, [BrickUse(labelled_brick(tiny_host, gain=1.0))]) == base
+    assert label_perplexity(tiny_host, corpus, [BrickUse(labelled_brick(tiny_host, gain=0.0))]) != base
 
 
 def test_random_like_keeps_counts_per_layer(tiny_host):
-    b = _brick(tiny_host)
+    b = labelled_brick(tiny_host)
     r = random_like(b, seed=3)
     assert {k: s.indices.numel() for k, s in r.neurons.items()} == {1: 3, 3: 2}
     assert all((s.gain == 0).all() for s in r.neurons.values())
@@ -66,7 +56,7 @@ def test_random_like_keeps_counts_per_layer(tiny_host):
 
 
 def test_selectivity_report_shapes(tiny_host, corpus, tmp_path):
-    rep = selectivity_report(tiny_host, corpus, [_brick(tiny_host)], random_sets=5, progress=False)
+    rep = selectivity_report(tiny_host, corpus, [labelled_brick(tiny_host)], random_sets=5, progress=False)
     (b,) = rep.bricks
     assert rep.labels == corpus.labels() and len(b.random) == 5
     assert all(set(r) == set(corpus.labels()) for r in b.random)
@@ -75,7 +65,7 @@ def test_selectivity_report_shapes(tiny_host, corpus, tmp_path):
     assert json.loads(rep.to_json())["bricks"][0]["summary"]["own"] == s["own"]
     assert render_table(rep).row_count == 1
     assert heatmap_png(rep, tmp_path / "h.png").read_bytes()[:4] == b"\x89PNG"
-    own_only = selectivity_report(tiny_host, corpus, [_brick(tiny_host)], random_sets=2, random_labels="own",
+    own_only = selectivity_report(tiny_host, corpus, [labelled_brick(tiny_host)], random_sets=2, random_labels="own",
                                   progress=False)
     assert all(set(r) == {"fr"} for r in own_only.bricks[0].random)
 
@@ -84,41 +74,3 @@ def test_stability_reextracts_on_two_halves(tiny_host, corpus):
     got = stability(tiny_host, Corpus(list(corpus) * 1 + [Doc(d.text + " again", d.label) for d in corpus]),
                     top_pct=5.0, progress=False)
     assert set(got) == set(corpus.labels()) and all(0.0 <= v <= 1.0 for v in got.values())
-
-
-def test_language_scorer():
-    fr = language_shares("Le chat est sur la table et nous sommes dans la cuisine avec les enfants.")
-    de = language_shares("Der Hund ist nicht im Haus, aber die Katze schläft auf dem Sofa.")
-    en = language_shares("The dog is not in the house, but the cat is sleeping on the sofa.")
-    assert fr["fr"] > 0.9 and de["de"] > 0.9 and en["en"] > 0.9
-    assert language_shares("12345 !!!")["coverage"] == 0.0
-    assert repetition("a b c a b c a b c a b c") > 0.5 > repetition("one two three four five six")
-
-
-def test_steering_variant_forms(tiny_host):
-    b = _brick(tiny_host)
-    diff = steering_variant(b, "fr", "diff", k=2.0, dominant="en")
-    assert all((s.gain == 1).all() and torch.allclose(s.offset, torch.full_like(s.offset, 2.0))
-               for s in diff.neurons.values())
-    mean = steering_variant(b, "fr", "mean", k=0.5, dominant="en", layers=[3])
-    assert list(mean.neurons) == [3] and (mean.neurons[3].gain == 0).all()
-    assert torch.allclose(mean.neurons[3].offset, torch.full((2,), 0.5))
-
-
-def test_steering_positions(tiny_host):
-    """generated: only one-token (decode) forwards change; prompt: only the multi-token prefill."""
-    v = steering_variant(_brick(tiny_host), "fr", "diff", k=5.0)
-    ids = tiny_host.tokenizer(TINY_TEXT[0], return_tensors="pt").input_ids
-    with torch.no_grad():
-        plain, plain_step = tiny_host.model(ids).logits, tiny_host.model(ids[:, :1]).logits
-        with steered(tiny_host, [v], "generated"):
-            prompt = tiny_host.model(ids).logits
-            step = tiny_host.model(ids[:, :1]).logits
-        with steered(tiny_host, [v], "all"):
-            everywhere = tiny_host.model(ids).logits
-        with steered(tiny_host, [v], "prompt"):
-            prompt_only = tiny_host.model(ids).logits
-            step_unchanged = tiny_host.model(ids[:, :1]).logits
-    assert torch.equal(prompt, plain) and not torch.equal(everywhere, plain)
-    assert not torch.equal(step, plain_step)
-    assert torch.equal(prompt_only, everywhere) and torch.equal(step_unchanged, plain_step)

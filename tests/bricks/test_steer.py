@@ -1,11 +1,15 @@
-"""Steering settings written as text, and the package's public names."""
+"""Steering: language scoring, variants, where they act, settings written as text, the package's names."""
 
 import pytest
+import torch
 
 import bricks.steer
 from bricks.errors import InvalidInputError
 from bricks.kinds.neurons import neuron_brick
-from bricks.steer import Setting, SteerPlan, parse_staged
+from bricks.steer import Setting, SteerPlan, language_shares, parse_staged, repetition, steered, steering_variant
+from tests.conftest import TINY_TEXT, labelled_brick
+
+TORCH_THREADS = 1
 
 
 def test_public_names_import_from_the_package():
@@ -32,3 +36,41 @@ def test_plan_from_text_validates_and_expands_per_brick(tiny_host):
                                                                               "layer mode")):
         with pytest.raises(InvalidInputError, match=match):
             SteerPlan.from_text(*args)
+
+
+def test_language_scorer():
+    fr = language_shares("Le chat est sur la table et nous sommes dans la cuisine avec les enfants.")
+    de = language_shares("Der Hund ist nicht im Haus, aber die Katze schläft auf dem Sofa.")
+    en = language_shares("The dog is not in the house, but the cat is sleeping on the sofa.")
+    assert fr["fr"] > 0.9 and de["de"] > 0.9 and en["en"] > 0.9
+    assert language_shares("12345 !!!")["coverage"] == 0.0
+    assert repetition("a b c a b c a b c a b c") > 0.5 > repetition("one two three four five six")
+
+
+def test_steering_variant_forms(tiny_host):
+    b = labelled_brick(tiny_host)
+    diff = steering_variant(b, "fr", "diff", k=2.0, dominant="en")
+    assert all((s.gain == 1).all() and torch.allclose(s.offset, torch.full_like(s.offset, 2.0))
+               for s in diff.neurons.values())
+    mean = steering_variant(b, "fr", "mean", k=0.5, dominant="en", layers=[3])
+    assert list(mean.neurons) == [3] and (mean.neurons[3].gain == 0).all()
+    assert torch.allclose(mean.neurons[3].offset, torch.full((2,), 0.5))
+
+
+def test_steering_positions(tiny_host):
+    """generated: only one-token (decode) forwards change; prompt: only the multi-token prefill."""
+    v = steering_variant(labelled_brick(tiny_host), "fr", "diff", k=5.0)
+    ids = tiny_host.tokenizer(TINY_TEXT[0], return_tensors="pt").input_ids
+    with torch.no_grad():
+        plain, plain_step = tiny_host.model(ids).logits, tiny_host.model(ids[:, :1]).logits
+        with steered(tiny_host, [v], "generated"):
+            prompt = tiny_host.model(ids).logits
+            step = tiny_host.model(ids[:, :1]).logits
+        with steered(tiny_host, [v], "all"):
+            everywhere = tiny_host.model(ids).logits
+        with steered(tiny_host, [v], "prompt"):
+            prompt_only = tiny_host.model(ids).logits
+            step_unchanged = tiny_host.model(ids[:, :1]).logits
+    assert torch.equal(prompt, plain) and not torch.equal(everywhere, plain)
+    assert not torch.equal(step, plain_step)
+    assert torch.equal(prompt_only, everywhere) and torch.equal(step_unchanged, plain_step)
