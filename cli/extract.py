@@ -14,7 +14,7 @@ from typing import Any
 import click
 from rich.table import Table
 
-from bricks.host import DEFAULT_HOST
+from bricks.constants import DEFAULT_HOST
 from cli.common import BrickCommand, BrickGroup, console, host_option, open_registry, signed
 
 

@@ -42,3 +42,12 @@ def test_tests_of_a_layer_need_no_higher_layer():
             for name in sorted(_imported_packages(path) & higher):
                 wrong.append(f"{path.relative_to(ROOT)} imports {name}")
     assert not wrong, "\n".join(wrong)
+
+
+def test_the_cli_starts_without_torch():
+    """`brick --help` and the command table load no model code: torch is imported by the commands that run."""
+    import subprocess
+    import sys
+
+    code = "import sys, cli.main; assert 'torch' not in sys.modules, 'torch imported at CLI start'"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
