@@ -6,6 +6,7 @@ assembly, built or cached) and `engine.stream/generate`.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from bricks.compose import BrickUse
 from bricks.errors import HostMismatchError, InvalidInputError
 from bricks.format import Brick, BrickMeta
 from bricks.host import Host, cache_dir, load_host
+from bricks.kinds import kind_of
 from bricks.kinds.neurons import NeuronSet
 from bricks.lora import down_proj_weights
 from registry import Registry
@@ -65,8 +67,8 @@ class BrickService:
         """The module suffixes the manifest's trained bricks (and LoRA-path neuron bricks) touch."""
         targets: set[str] = set()
         for v in self.manifest.resolved.values():
-            brick = self.registry.get(v.ref)
-            targets |= brick.spec.lora_targets(brick, self.manifest.engine.neuron_path)
+            load = functools.partial(self.registry.get, v.ref)  # only kinds whose targets depend on tensors read it
+            targets |= kind_of(v.kind).lora_targets(load, self.manifest.engine.neuron_path)
         return sorted(targets)
 
     def _settings(self) -> VllmSettings:

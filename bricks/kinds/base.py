@@ -132,8 +132,9 @@ class Kind(ABC):
         """The composed value as low-rank deltas per target module ({} when it has no LoRA part)."""
 
     @abstractmethod
-    def lora_targets(self, brick: Brick, neuron_path: str) -> set[str]:
-        """Module suffixes (q_proj, down_proj, ...) the served adapter touches for this brick."""
+    def lora_targets(self, load: Callable[[], Brick], neuron_path: str) -> set[str]:
+        """Module suffixes (q_proj, down_proj, ...) the served adapter touches for this brick; `load` reads
+        the brick for a kind whose targets depend on its tensors."""
 
 
 class LayerKind(Kind):

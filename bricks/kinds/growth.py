@@ -6,6 +6,7 @@ gate/up: A = new rows, B = E_T^T; down: A = E_T, B = new columns (T: the brick's
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -98,7 +99,7 @@ class GrowthKind(LayerKind):
                 start += k
         return out
 
-    def lora_targets(self, brick: Brick, neuron_path: str) -> set[str]:
+    def lora_targets(self, load: Callable[[], Brick], neuron_path: str) -> set[str]:
         return {"gate_proj", "up_proj", "down_proj"}
 
 

@@ -5,6 +5,7 @@ and alpha; the delta is (alpha / r) B A x. Bricks of an assembly concatenate the
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -129,8 +130,8 @@ class LoraKind(Kind):
         return {mod: [widen(LowRank(m.A.float(), m.B.float() * m.scaling), mod, ctx.host, ctx.reserved)
                       for m in mods] for mod, mods in composed.items()}
 
-    def lora_targets(self, brick: Brick, neuron_path: str) -> set[str]:
-        return {m.rsplit(".", 1)[1] for m in brick.parts}
+    def lora_targets(self, load: Callable[[], Brick], neuron_path: str) -> set[str]:
+        return {m.rsplit(".", 1)[1] for m in load().parts}
 
 
 KIND = LoraKind()

@@ -189,7 +189,7 @@ class NeuronKind(LayerKind):
         deltas = neuron_map_to_lora(composed, ctx.w_down)
         return {mod: [widen(lr, mod, ctx.host, ctx.reserved)] for mod, lr in deltas.items()}
 
-    def lora_targets(self, brick: Brick, neuron_path: str) -> set[str]:
+    def lora_targets(self, load: Callable[[], Brick], neuron_path: str) -> set[str]:
         return {"down_proj"} if neuron_path == "lora" else set()
 
 

@@ -48,7 +48,7 @@ def test_composition_keeps_each_kind_apart(tiny_host):
     asm = assemble(tiny_host.ref, [BrickUse(x) for x in b.values()])
     assert set(asm.present()) == {"neurons", "lora", "growth"}
     assert assemble(tiny_host.ref, []).present() == {}
-    targets = {k: b[k].spec.lora_targets(b[k], "gain_table") for k in b}
+    targets = {k: b[k].spec.lora_targets(lambda k=k: b[k], "gain_table") for k in b}
     assert targets == {"neurons": set(), "lora": {"down_proj", "q_proj"},
                        "growth": {"gate_proj", "up_proj", "down_proj"}}
     adapter = assembly_adapter(asm, max_rank=64, reserved=8)
@@ -112,7 +112,7 @@ class BiasKind(Kind):
     def to_lora(self, composed, ctx: LoraContext):
         raise InvalidInputError("bias bricks have no LoRA form", "serve them with the reference engine")
 
-    def lora_targets(self, brick, neuron_path):
+    def lora_targets(self, load, neuron_path):
         return set()
 
 
