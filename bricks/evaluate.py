@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from bricks.analysis.plots import pyplot, save_figure
 from bricks.apply import assembly_applied
 from bricks.compose import BrickUse, assemble
+from bricks.constants import BUILTIN_HOSTS, DEFAULT_HOST
 from bricks.corpus import Corpus, batches
 from bricks.errors import InvalidInputError
 from bricks.format import Brick
@@ -156,8 +157,6 @@ def selectivity_report(host, corpus: Corpus, bricks: list[Brick], random_sets: i
 # --- what to evaluate on --------------------------------------------------------------------------
 def host_spec_for(bricks: list[Brick]) -> str:
     """The host the bricks were extracted on, as `load_host` takes it (a built-in name or a folder here)."""
-    from bricks.host import BUILTIN_HOSTS, DEFAULT_HOST
-
     names = {b.meta.host.fingerprint: b.meta.host.name for b in bricks}
     if len(names) > 1:
         raise InvalidInputError("the bricks were built for different hosts", "evaluate bricks of one host at a time")
