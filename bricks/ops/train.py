@@ -1,0 +1,411 @@
+"""Train and update LoRA bricks: PEFT's LoRA on the frozen host, a causal-LM loss, stored as a `lora` brick.
+
+`train_lora(host, examples, options, name)` trains a new brick; `update_lora(host, parent, examples, options)`
+continues training from a parent version (its A and B are the starting point). Both:
+- split the examples into train and held-out by a stable hash of each record (never by position), and
+  store the held-out loss before (plain host, or the parent) and after in the brick's metrics, the
+  "after" measured through brickwork's own reference hooks on the stored brick, not on PEFT's model;
+- put the loss on assistant turns only for chat examples (system and user turns are context), on every
+  token for text examples;
+- are deterministic for a seed (LoRA init, batch order) and resumable: a checkpoint (the trainable
+  tensors, the optimizer's moments, the step) is written every `save_every` steps and on Ctrl-C, under a
+  key of (host, data, options, parent), and the same call picks it up again.
+PEFT does the LoRA part (injection, init, the adapted forward); the loop is a plain AdamW loop, small
+batches with gradient accumulation, because on two CPU cores a trainer's machinery costs more than it gives.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import Field, field_validator
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from bricks.apply import assembly_applied
+from bricks.compose import BrickUse, assemble
+from bricks.errors import BrickError, InvalidInputError
+from bricks.extract.options import ExtractorOptions, parse_options
+from bricks.format import Brick, BrickMeta, RoutingKeys
+from bricks.kinds.lora import LORA_MODULES, LoraModule
+from bricks.ops.data import ChatExample, TextExample, split_heldout
+
+PEFT_PREFIX = "base_model.model."
+ADAPTER = "default"  # PEFT's adapter name
+ROUTING_EXAMPLES = 32  # a trained brick's routing keys: this many of its training prompts
+
+
+class TrainOptions(ExtractorOptions):
+    """How a LoRA brick is trained (`brick train --opt KEY=VALUE`, or the named flags)."""
+
+    rank: int = Field(8, ge=1, le=256, description="LoRA rank r.")
+    alpha: float | None = Field(None, gt=0, description="LoRA alpha (scaling alpha/r); default 2r.")
+    targets: list[str] = Field(["q_proj", "v_proj", "down_proj"], min_length=1,
+                               description=f"Target module types, from: {', '.join(LORA_MODULES)}.")
+    layers: list[int] | None = Field(None, description="Layers to adapt (default: all).")
+    steps: int = Field(150, ge=1, le=100_000, description="Optimizer steps.")
+    lr: float = Field(1e-3, gt=0, le=1.0, description="Peak learning rate (linear warm-up, then linear decay).")
+    warmup: float = Field(0.1, ge=0, lt=1, description="Fraction of the steps spent warming up.")
+    batch_size: int = Field(8, ge=1, le=512, description="Examples per micro-batch.")
+    grad_accum: int = Field(1, ge=1, le=512, description="Micro-batches per optimizer step.")
+    max_len: int = Field(256, ge=8, le=8192, description="Tokens per example (longer ones are cut).")
+    dropout: float = Field(0.0, ge=0, lt=1, description="LoRA dropout.")
+    weight_decay: float = Field(0.0, ge=0, le=1, description="AdamW weight decay.")
+    heldout: float = Field(0.2, ge=0.05, le=0.5, description="Fraction of examples held out (by hash).")
+    seed: int = Field(0, ge=0, description="Seed for the LoRA init and the batch order.")
+    save_every: int = Field(50, ge=0, description="Checkpoint every N steps (0: only on interrupt).")
+
+    @field_validator("targets", mode="before")
+    @classmethod
+    def _split(cls, v: Any) -> Any:
+        return [t.strip() for t in v.split(",") if t.strip()] if isinstance(v, str) else v
+
+    @field_validator("targets")
+    @classmethod
+    def _known(cls, v: list[str]) -> list[str]:
+        unknown = [t for t in v if t not in LORA_MODULES]
+        if unknown:
+            raise ValueError(f"unknown target module {unknown[0]!r}; use some of: {', '.join(LORA_MODULES)}")
+        return sorted(set(v), key=LORA_MODULES.index)
+
+    @field_validator("layers", mode="before")
+    @classmethod
+    def _split_layers(cls, v: Any) -> Any:
+        return [int(x) for x in v.split(",") if x.strip()] if isinstance(v, str) else v
+
+    def lora_alpha(self) -> float:
+        return self.alpha if self.alpha is not None else 2.0 * self.rank
+
+    def params(self) -> dict[str, Any]:
+        return self.model_dump(exclude={"progress", "save_every"})
+
+
+def train_options(raw: dict[str, Any] | TrainOptions | None) -> TrainOptions:
+    return parse_options(TrainOptions, "train", raw)
+
+
+# --- data -----------------------------------------------------------------------------------------------
+@dataclass
+class Encoded:
+    input_ids: torch.Tensor  # [T] int64
+    labels: torch.Tensor  # [T] int64, -100 where no loss
+
+    @property
+    def n_loss(self) -> int:
+        return int((self.labels[1:] != -100).sum())
+
+
+def encode(tokenizer, example: TextExample | ChatExample, max_len: int) -> Encoded:
+    """Token ids and labels: every token of a text; the assistant turns of a chat (rendered by the host's
+    chat template; a turn's tokens are where the conversation rendered up to it grows past the rendering
+    that ends in the generation prompt)."""
+    if isinstance(example, TextExample):
+        ids = tokenizer(example.text, add_special_tokens=False)["input_ids"][:max_len]
+        t = torch.tensor(ids, dtype=torch.long)
+        return Encoded(t, t.clone())
+    msgs = [m.model_dump() for m in example.messages]
+    ids = _render_ids(tokenizer, msgs, generation_prompt=False)
+    labels = [-100] * len(ids)
+    for i, m in enumerate(msgs):
+        if m["role"] != "assistant":
+            continue
+        start = _common_prefix(_render_ids(tokenizer, msgs[:i], generation_prompt=True), ids)
+        end = _common_prefix(_render_ids(tokenizer, msgs[: i + 1], generation_prompt=False), ids)
+        labels[start:end] = ids[start:end]
+    ids, labels = ids[:max_len], labels[:max_len]
+    return Encoded(torch.tensor(ids, dtype=torch.long), torch.tensor(labels, dtype=torch.long))
+
+
+def _render_ids(tokenizer, msgs: list[dict], generation_prompt: bool) -> list[int]:
+    if not msgs:
+        return []
+    text = tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=generation_prompt)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def encode_all(tokenizer, examples: list, max_len: int, what: str) -> list[Encoded]:
+    out = [encode(tokenizer, ex, max_len) for ex in examples]
+    kept = [e for e in out if e.n_loss > 0]
+    if not kept:
+        raise InvalidInputError(f"no {what} example has a token to learn from after cutting to {max_len} tokens",
+                                "raise --max-len or shorten the prompts before the assistant turns")
+    return kept
+
+
+def collate(items: list[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
+    width = max(len(e.input_ids) for e in items)
+    ids = torch.full((len(items), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(items), width), -100, dtype=torch.long)
+    mask = torch.zeros((len(items), width), dtype=torch.long)
+    for row, e in enumerate(items):
+        n = len(e.input_ids)
+        ids[row, :n], labels[row, :n], mask[row, :n] = e.input_ids, e.labels, 1
+    return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+
+
+def _indices(n: int, seed: int, first: int, count: int) -> list[int]:
+    """Examples `first .. first+count` of an endless stream whose epoch e is a permutation seeded by
+    (seed, e): a pure function of the position, so a resumed run sees the same batches."""
+    out, pos = [], first
+    while len(out) < count:
+        epoch, within = divmod(pos, n)
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+        take = min(count - len(out), n - within)
+        out += perm[within: within + take].tolist()
+        pos += take
+    return out
+
+
+@torch.no_grad()
+def mean_loss(model: torch.nn.Module, data: list[Encoded], pad_id: int, batch_size: int = 16) -> float:
+    """Token-mean cross-entropy of the labelled tokens."""
+    total, count = 0.0, 0
+    for i in range(0, len(data), batch_size):
+        chunk = data[i: i + batch_size]
+        batch = collate(chunk, pad_id)
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        labels = batch["labels"][:, 1:]
+        nll = torch.nn.functional.cross_entropy(logits[:, :-1].float().flatten(0, 1), labels.flatten(),
+                                                ignore_index=-100, reduction="sum")
+        total += float(nll)
+        count += int((labels != -100).sum())
+    return total / max(count, 1)
+
+
+def brick_loss(host, data: list[Encoded], bricks: list[Brick]) -> float:
+    """Held-out loss with `bricks` applied by brickwork's reference hooks (the served semantics)."""
+    assembly = assemble(host.ref, [BrickUse(b) for b in bricks])
+    with assembly_applied(host.model, host.adapter, assembly):
+        return mean_loss(host.model, data, host.tokenizer.pad_token_id)
+
+
+# --- PEFT in and out -------------------------------------------------------------------------------------
+def _peft_model(host, opts: TrainOptions, parent: Brick | None):
+    """A copy of the host with PEFT LoRA layers: fresh (seeded init) or holding the parent's A and B."""
+    from peft import LoraConfig, get_peft_model
+
+    base = copy.deepcopy(host.model).float()
+    if parent is None:
+        torch.manual_seed(opts.seed)
+        config = LoraConfig(r=opts.rank, lora_alpha=opts.lora_alpha(), target_modules=list(opts.targets),
+                            layers_to_transform=opts.layers, lora_dropout=opts.dropout, bias="none")
+        return get_peft_model(base, config)
+    mods = parent.lora
+    config = LoraConfig(r=max(m.rank for m in mods.values()), target_modules=sorted(mods),
+                        rank_pattern={k: m.rank for k, m in mods.items()},
+                        alpha_pattern={k: m.alpha for k, m in mods.items()},
+                        lora_dropout=opts.dropout, bias="none")
+    model = get_peft_model(base, config)
+    for mod, layer in _lora_layers(model).items():
+        layer.lora_A[ADAPTER].weight.data.copy_(mods[mod].A)
+        layer.lora_B[ADAPTER].weight.data.copy_(mods[mod].B)
+    return model
+
+
+def _lora_layers(model) -> dict[str, Any]:
+    from peft.tuners.lora import LoraLayer
+
+    return {name.removeprefix(PEFT_PREFIX): m for name, m in model.named_modules()
+            if isinstance(m, LoraLayer) and ADAPTER in m.lora_A}
+
+
+def modules_from_peft(model) -> dict[str, LoraModule]:
+    out = {}
+    for mod, layer in _lora_layers(model).items():
+        A = layer.lora_A[ADAPTER].weight.detach().float().clone()
+        B = layer.lora_B[ADAPTER].weight.detach().float().clone()
+        out[mod] = LoraModule(A, B, float(layer.scaling[ADAPTER]) * A.shape[0])
+    return out
+
+
+# --- checkpoints -----------------------------------------------------------------------------------------
+def run_key(host, data_digest: str, opts: TrainOptions, parent: Brick | None, name: str) -> str:
+    parent_id = "" if parent is None else hashlib.sha256(parent.to_bytes()).hexdigest()
+    blob = json.dumps([host.ref.fingerprint, data_digest, opts.params(), parent_id, name], sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _save_checkpoint(folder: Path, model, optimizer, step: int, history: list[float]) -> None:
+    tensors = {f"param.{n}": p.detach().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+    for i, group in enumerate(optimizer.param_groups):
+        for j, p in enumerate(group["params"]):
+            for key, v in optimizer.state.get(p, {}).items():
+                if torch.is_tensor(v):
+                    tensors[f"optim.{i}.{j}.{key}"] = v.detach().contiguous().reshape(v.shape)
+    tmp = folder.with_name(folder.name + ".tmp")
+    tmp.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, tmp / "state.safetensors")
+    (tmp / "state.json").write_text(json.dumps({"step": step, "history": history}))
+    if folder.exists():
+        for f in folder.iterdir():
+            f.unlink()
+        folder.rmdir()
+    tmp.rename(folder)
+
+
+def _load_checkpoint(folder: Path, model, optimizer) -> tuple[int, list[float]]:
+    if not (folder / "state.json").is_file():
+        return 0, []
+    state = json.loads((folder / "state.json").read_text())
+    tensors = load_file(folder / "state.safetensors")
+    params = dict(model.named_parameters())
+    for key, t in tensors.items():
+        if key.startswith("param."):
+            params[key.removeprefix("param.")].data.copy_(t)
+    for i, group in enumerate(optimizer.param_groups):
+        for j, p in enumerate(group["params"]):
+            st = {key.split(".", 3)[3]: t for key, t in tensors.items() if key.startswith(f"optim.{i}.{j}.")}
+            if st:
+                optimizer.state[p] = st
+    return int(state["step"]), list(state["history"])
+
+
+# --- the loop --------------------------------------------------------------------------------------------
+@dataclass
+class TrainResult:
+    brick: Brick
+    checkpoint: Path
+
+
+class TrainingInterrupted(BrickError):
+    status = 503
+
+
+def _lr_at(step: int, opts: TrainOptions) -> float:
+    warm = max(1, int(opts.warmup * opts.steps))
+    if step < warm:
+        return opts.lr * (step + 1) / warm
+    return opts.lr * max(0.0, (opts.steps - step) / max(1, opts.steps - warm))
+
+
+def _fit(model, train: list[Encoded], opts: TrainOptions, pad_id: int, ckpt: Path, progress: bool) -> dict:
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=opts.lr, weight_decay=opts.weight_decay)
+    step, history = _load_checkpoint(ckpt, model, optimizer)
+    resumed = step
+    model.train()
+    tokens, started = 0, time.perf_counter()
+    bar = tqdm(total=opts.steps, initial=step, desc="training", unit="step", disable=not progress)
+    per_step = opts.batch_size * opts.grad_accum
+    try:
+        while step < opts.steps:
+            for group in optimizer.param_groups:
+                group["lr"] = _lr_at(step, opts)
+            loss_sum, n_sum = 0.0, 0
+            for micro in range(opts.grad_accum):
+                idx = _indices(len(train), opts.seed, step * per_step + micro * opts.batch_size, opts.batch_size)
+                batch = collate([train[i] for i in idx], pad_id)
+                n = int((batch["labels"][:, 1:] != -100).sum())
+                out = model(**batch)
+                (out.loss * n).backward()
+                loss_sum += out.loss.item() * n
+                n_sum += n
+                tokens += int(batch["attention_mask"].sum())
+            for p in trainable:
+                if p.grad is not None:
+                    p.grad.div_(max(n_sum, 1))
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            history.append(loss_sum / max(n_sum, 1))
+            step += 1
+            rate = tokens / max(time.perf_counter() - started, 1e-9)
+            bar.set_postfix(loss=f"{history[-1]:.3f}", tok_s=f"{rate:.0f}")
+            bar.update(1)
+            if opts.save_every and step % opts.save_every == 0 and step < opts.steps:
+                _save_checkpoint(ckpt, model, optimizer, step, history)
+    except KeyboardInterrupt:
+        _save_checkpoint(ckpt, model, optimizer, step, history)
+        raise TrainingInterrupted(f"training was interrupted at step {step} of {opts.steps}; nothing was published",
+                                  f"run the same command again to resume from the checkpoint in {ckpt}") from None
+    finally:
+        bar.close()
+    model.eval()
+    seconds = time.perf_counter() - started
+    return {"steps": step, "resumed_from_step": resumed, "train_loss_first": history[0] if history else None,
+            "train_loss_last": float(sum(history[-10:]) / max(len(history[-10:]), 1)) if history else None,
+            "train_tokens": tokens, "train_seconds": round(seconds, 2),
+            "tokens_per_s": round(tokens / max(seconds, 1e-9), 1)}
+
+
+def train_lora(host, examples: list, options: dict | TrainOptions | None, name: str, *, data_digest: str,
+               parent: Brick | None = None, checkpoint_root: Path | None = None, description: str = "",
+               progress: bool = True) -> TrainResult:
+    """A LoRA brick trained on `examples` (new, or continuing `parent`); nothing is written but the checkpoint."""
+    from bricks.host import cache_dir
+
+    opts = train_options(options)
+    if parent is not None and parent.kind != "lora":
+        raise InvalidInputError(f"brick {parent.name!r} is a {parent.kind} brick; LoRA training continues a lora brick",
+                                "update neuron bricks by re-extraction (brick update on a neurons brick)")
+    _check_layers(opts, host)
+    train_ex, held_ex = split_heldout(examples, opts.heldout)
+    if len(train_ex) < 2 or not held_ex:
+        raise InvalidInputError(f"{len(examples)} examples are too few to train and hold some out "
+                                f"({len(train_ex)} train, {len(held_ex)} held out)",
+                                "give at least ~20 examples (a few hundred is better)")
+    tok = host.tokenizer
+    train = encode_all(tok, train_ex, opts.max_len, "training")
+    held = encode_all(tok, held_ex, opts.max_len, "held-out")
+    key = run_key(host, data_digest, opts, parent, name)
+    ckpt = (checkpoint_root or cache_dir() / "train") / key
+    before = brick_loss(host, held, [parent] if parent is not None else [])
+    model = _peft_model(host, opts, parent)
+    fit = _fit(model, train, opts, tok.pad_token_id, ckpt, progress and opts.progress)
+    modules = modules_from_peft(model)
+    del model
+    meta = BrickMeta(name=name, kind="lora", host=host.ref, method="update-lora" if parent else "train-lora",
+                     params={**opts.params(), "data_digest": data_digest},
+                     metrics={}, routing=RoutingKeys(texts=_routing_texts(train_ex)),
+                     description=description or (parent.meta.description if parent else ""),
+                     labels=list(parent.meta.labels) if parent else [])
+    brick = Brick(meta, modules)
+    brick.validate(host.ref)
+    after = brick_loss(host, held, [brick])
+    brick.meta.metrics = {"heldout_loss_before": round(before, 5), "heldout_loss_after": round(after, 5),
+                          "heldout_improvement": round(before - after, 5), "n_train": len(train),
+                          "n_heldout": len(held), **fit}
+    return TrainResult(brick, ckpt)
+
+
+def _check_layers(opts: TrainOptions, host) -> None:
+    bad = [layer for layer in opts.layers or [] if not 0 <= layer < host.n_layers]
+    if bad:
+        raise InvalidInputError(f"layer {bad[0]} does not exist (the host has {host.n_layers} layers)",
+                                f"use layers between 0 and {host.n_layers - 1}")
+
+
+def _routing_texts(examples: list) -> list[str]:
+    texts = []
+    for ex in examples[:ROUTING_EXAMPLES]:
+        if isinstance(ex, TextExample):
+            texts.append(ex.text[:300])
+        else:
+            user = [m.content for m in ex.messages if m.role == "user"]
+            texts.append((user[0] if user else ex.messages[0].content)[:300])
+    return texts
+
+
+def discard_checkpoint(path: Path) -> None:
+    """Remove a finished run's checkpoint (after its brick is published)."""
+    if path.is_dir():
+        for f in path.iterdir():
+            f.unlink()
+        path.rmdir()
+
+

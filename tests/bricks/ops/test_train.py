@@ -1,0 +1,139 @@
+"""LoRA training and update on the tiny host: the stored brick is what PEFT trained, loss goes down,
+runs are deterministic and resumable, and bad input is refused before any work."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from bricks.errors import InvalidInputError
+from bricks.ops import train as train_mod
+from bricks.ops.data import ChatExample, TextExample
+from bricks.ops.train import TrainingInterrupted, encode, train_lora, train_options
+
+OPTS = {"steps": 25, "rank": 4, "lr": 1e-2, "batch_size": 4, "progress": False}
+
+
+def chat(i: int) -> ChatExample:
+    return ChatExample.model_validate({"messages": [
+        {"role": "system", "content": "Answer briefly."},
+        {"role": "user", "content": f"what does fox {i} do"},
+        {"role": "assistant", "content": f"the fox {i} jumps over the dog"}]})
+
+
+EXAMPLES = [chat(i) for i in range(60)]
+
+
+def run(host, tmp_path, examples=EXAMPLES, options=None, **kw):
+    return train_lora(host, examples, {**OPTS, **(options or {})}, "fox", data_digest="sha256:test",
+                      checkpoint_root=tmp_path / "ckpt", progress=False, **kw)
+
+
+def test_loss_is_on_assistant_turns_only(tiny_host):
+    e = encode(tiny_host.tokenizer, chat(3), 512)
+    learned = tiny_host.tokenizer.decode([t for t, lab in zip(e.input_ids.tolist(), e.labels.tolist(), strict=True)
+                                          if lab != -100])
+    assert learned.startswith("the fox 3 jumps over the dog")
+    assert "what does" not in learned and "Answer briefly" not in learned
+
+
+def test_text_examples_learn_every_token(tiny_host):
+    e = encode(tiny_host.tokenizer, TextExample(text="The quick brown fox."), 512)
+    assert (e.labels == e.input_ids).all()
+
+
+def test_training_lowers_heldout_loss_and_the_brick_is_what_peft_trained(tiny_host, tmp_path, monkeypatch):
+    kept = {}
+    real_fit = train_mod._fit
+
+    def fit_and_keep(model, *a, **kw):
+        out = real_fit(model, *a, **kw)
+        kept["model"] = model
+        return out
+
+    monkeypatch.setattr(train_mod, "_fit", fit_and_keep)
+    result = run(tiny_host, tmp_path)
+    m = result.brick.meta.metrics
+    assert m["heldout_loss_after"] < m["heldout_loss_before"] - 0.1
+    assert m["n_train"] + m["n_heldout"] == len(EXAMPLES) and m["tokens_per_s"] > 0
+    assert result.brick.meta.params["data_digest"] == "sha256:test"
+    assert len(result.brick.meta.routing.texts) > 0
+    # brickwork's hooks on the stored brick give PEFT's own logits
+    ids = encode(tiny_host.tokenizer, chat(1), 512).input_ids[None]
+    with torch.no_grad():
+        want = kept["model"](input_ids=ids).logits
+    from bricks.apply import assembly_applied
+    from bricks.compose import BrickUse, assemble
+
+    with torch.no_grad(), assembly_applied(tiny_host.model, tiny_host.adapter,
+                                           assemble(tiny_host.ref, [BrickUse(result.brick)])):
+        got = tiny_host.model(input_ids=ids).logits
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_same_seed_same_brick_and_other_seed_another(tiny_host, tmp_path):
+    a = run(tiny_host, tmp_path / "a").brick
+    b = run(tiny_host, tmp_path / "b").brick
+    c = run(tiny_host, tmp_path / "c", options={"seed": 1}).brick
+    mod = next(iter(a.parts))
+    assert torch.equal(a.parts[mod].A, b.parts[mod].A) and torch.equal(a.parts[mod].B, b.parts[mod].B)
+    assert not torch.equal(a.parts[mod].A, c.parts[mod].A)
+
+
+def test_interrupted_run_resumes_to_the_same_brick(tiny_host, tmp_path, monkeypatch):
+    whole = run(tiny_host, tmp_path / "whole", options={"save_every": 0}).brick
+    calls = {"n": 0}
+    real_step = torch.optim.AdamW.step
+
+    def interrupt_at_ten(self, *a, **kw):
+        calls["n"] += 1
+        if calls["n"] == 11:
+            raise KeyboardInterrupt
+        return real_step(self, *a, **kw)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", interrupt_at_ten)
+    with pytest.raises(TrainingInterrupted, match="step 10 of 25.*nothing was published"):
+        run(tiny_host, tmp_path / "cut", options={"save_every": 0})
+    monkeypatch.setattr(torch.optim.AdamW, "step", real_step)
+    resumed = run(tiny_host, tmp_path / "cut", options={"save_every": 0})
+    assert resumed.brick.meta.metrics["resumed_from_step"] == 10
+    mod = next(iter(whole.parts))
+    torch.testing.assert_close(resumed.brick.parts[mod].B, whole.parts[mod].B, atol=1e-6, rtol=1e-5)
+
+
+def test_update_continues_from_the_parent(tiny_host, tmp_path):
+    parent = run(tiny_host, tmp_path / "p").brick
+    more = [ChatExample.model_validate({"messages": [{"role": "user", "content": f"cat {i}?"},
+                                                     {"role": "assistant", "content": f"the cat {i} sleeps"}]})
+            for i in range(40)]
+    child = run(tiny_host, tmp_path / "c", examples=more, parent=parent).brick
+    m = child.meta.metrics
+    assert child.meta.method == "update-lora"
+    assert set(child.parts) == set(parent.parts)
+    assert m["heldout_loss_after"] < m["heldout_loss_before"]
+    # "before" is the parent on the new data, not the plain host
+    plain = run(tiny_host, tmp_path / "n", examples=more).brick.meta.metrics["heldout_loss_before"]
+    assert m["heldout_loss_before"] != pytest.approx(plain)
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"rank": 0}, "rank"), ({"targets": "q_proj,attn"}, "unknown target module 'attn'"),
+    ({"lr": -1}, "lr"), ({"steps": 0}, "steps"), ({"rnak": 4}, "rnak"),
+])
+def test_bad_options_are_refused_up_front(options, message):
+    with pytest.raises(InvalidInputError, match=message):
+        train_options(options)
+
+
+def test_bad_layers_and_too_few_examples(tiny_host, tmp_path):
+    with pytest.raises(InvalidInputError, match="layer 9 does not exist"):
+        run(tiny_host, tmp_path, options={"layers": [9]})
+    with pytest.raises(InvalidInputError, match="too few"):
+        run(tiny_host, tmp_path, examples=EXAMPLES[:2])
+
+
+def test_update_of_a_neuron_brick_is_not_lora_training(tiny_host, tmp_path):
+    from tests.conftest import labelled_brick
+
+    with pytest.raises(InvalidInputError, match="re-extraction"):
+        run(tiny_host, tmp_path, parent=labelled_brick(tiny_host))
