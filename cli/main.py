@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import click
 
-from cli import demo, extract, host, manifest, peft, registry, serve
+from cli import demo, extract, host, manifest, ops, peft, registry, serve
 from cli.common import BrickGroup
 
 
@@ -26,7 +26,9 @@ COMMANDS = (
     peft.export_peft, peft.import_peft,
     host.host, manifest.manifest,
     serve.serve, serve.generate, serve.route,
-    extract.extract_cmd, extract.eval_cmd, extract.audit_cmd, demo.demo_cmd,
+    extract.extract_cmd, extract.eval_cmd, extract.audit_cmd,
+    ops.train, ops.update,
+    demo.demo_cmd,
 )
 for command in COMMANDS:
     cli.add_command(command)

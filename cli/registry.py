@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 from rich.table import Column, Table
+from rich.tree import Tree
 
 from cli.common import BrickCommand, console, emit_json, err_console, open_registry
 
@@ -106,14 +107,47 @@ def show(ctx: click.Context, ref: str, as_json: bool) -> None:
     for title, d in (("params", m.params), ("metrics", m.metrics)):
         if d:
             console.print(f"  {title:9} " + json.dumps(d, default=str)[:400])
-    for edge in lineage["parents"]:
-        console.print(f"  parent    {edge['ref']} via {edge['operation']}")
-    for edge in lineage["children"]:
-        console.print(f"  child     {edge['ref']} via {edge['operation']}")
+    if lineage["parents"] or lineage["children"]:
+        console.print(lineage_tree(reg, v.ref, lineage))
     if m.routing.texts:
         console.print(f"  routing   {len(m.routing.texts)} example texts, e.g. {m.routing.texts[0][:60]!r}")
     if m.profile:
         _print_profile(m.profile)
+
+
+LINEAGE_DEPTH = 8  # ancestors drawn; deeper ones are summarised
+
+
+def lineage_tree(reg, ref: str, lineage: dict) -> Tree:
+    """This version's ancestry as a tree (each parent with the operation that made the child from it, and
+    the parent's own parents below it), then the versions made from it."""
+    tree = Tree(f"  lineage   [bold]{ref}[/bold]")
+    _add_parents(reg, tree, lineage["parents"], LINEAGE_DEPTH)
+    for edge in lineage["children"]:
+        tree.add(f"[dim]made from it:[/dim] {edge['ref']} by {edge['operation'] or '?'}")
+    return tree
+
+
+def _add_parents(reg, node: Tree, parents: list[dict], depth: int) -> None:
+    for edge in parents:
+        branch = node.add(f"{edge['operation'] or '?'} of {edge['ref']}{_edge_summary(edge.get('params') or {})}")
+        grand = reg.lineage(edge["ref"])["parents"]
+        if grand and depth <= 1:
+            branch.add(f"[dim]... {len(grand)} more parent(s)[/dim]")
+        elif grand:
+            _add_parents(reg, branch, grand, depth - 1)
+
+
+def _edge_summary(params: dict) -> str:
+    """The parameters that tell operations apart: method, weights, data digest, seed."""
+    shown = []
+    for key in ("method", "weights", "data_digest", "corpus_digest", "seed", "steps", "jaccard"):
+        if key in params and params[key] is not None:
+            value = params[key]
+            if isinstance(value, str) and value.startswith("sha256:"):
+                value = value[7:19]
+            shown.append(f"{key}={value}")
+    return f"  [dim]({', '.join(shown)})[/dim]" if shown else ""
 
 
 def _print_profile(profile: dict) -> None:
