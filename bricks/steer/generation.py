@@ -23,8 +23,21 @@ DEFAULT_PROMPTS = [
 
 def generate(host, prompts: list[str], max_new_tokens: int = 48) -> list[str]:
     """Greedy replies to chat prompts, batched with left padding."""
+    return generate_chat(host, [[{"role": "user", "content": p}] for p in prompts], max_new_tokens,
+                         batch_size=max(len(prompts), 1))
+
+
+def generate_chat(host, conversations: list[list[dict]], max_new_tokens: int = 48, batch_size: int = 16) -> list[str]:
+    """Greedy replies to conversations (lists of {"role", "content"}; the reply is the next assistant turn)."""
+    out: list[str] = []
+    for i in range(0, len(conversations), batch_size):
+        out += _generate_batch(host, conversations[i: i + batch_size], max_new_tokens)
+    return out
+
+
+def _generate_batch(host, conversations: list[list[dict]], max_new_tokens: int) -> list[str]:
     tok = host.tokenizer
-    texts = [_chat(tok, p) for p in prompts]
+    texts = [_chat(tok, c) for c in conversations]
     side, tok.padding_side = tok.padding_side, "left"
     try:
         enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
@@ -35,11 +48,10 @@ def generate(host, prompts: list[str], max_new_tokens: int = 48) -> list[str]:
     return [tok.decode(row[enc.input_ids.shape[1]:], skip_special_tokens=True) for row in out]
 
 
-def _chat(tok, prompt: str) -> str:
+def _chat(tok, conversation: list[dict]) -> str:
     if getattr(tok, "chat_template", None):
-        return tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                       add_generation_prompt=True)
-    return prompt
+        return tok.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
+    return "\n".join(m["content"] for m in conversation)
 
 
 def text_perplexity(host, texts: list[str]) -> float:
