@@ -202,3 +202,59 @@ def _update_lora(reg, parent_info, parent, data_paths, opts, host_spec, version,
     if not as_json:
         console.print(f"  parent         {parent_info.ref} (held-out loss 'before' is the parent's on the new data)")
         _print_training(result.brick)
+
+
+# --- merge -----------------------------------------------------------------------------------------------
+def _merge_help() -> str:
+    from bricks.extract.options import describe_option, option_names
+    from bricks.ops.merge import MERGE_METHODS
+
+    lines = ["Methods (--method NAME; options with --opt KEY=VALUE):", "", "\b"]
+    for spec in MERGE_METHODS.values():
+        lines.append(f"  {spec.name} [{'/'.join(spec.kinds)}]: {spec.summary}  ({spec.reference_url})")
+        for key in option_names(spec.params):
+            lines.append(f"      {key}: {describe_option(spec.params, key)}"[:160])
+    return "\n".join(lines)
+
+
+class _MergeCommand(BrickCommand):
+    def format_epilog(self, ctx: click.Context, formatter) -> None:
+        self.epilog = _merge_help()  # built when asked for: the methods load torch
+        super().format_epilog(ctx, formatter)
+
+
+@click.command(cls=_MergeCommand)
+@click.argument("refs", nargs=-1, required=True)
+@click.option("--method", required=True, help="Merge method (listed below).")
+@click.option("-o", "--output", "name", required=True, help="Name of the merged brick.")
+@click.option("--weights", default=None, help="One weight per REF, comma-separated (same as --opt weights=...).")
+@click.option("--opt", "opts", multiple=True, metavar="KEY=VALUE", help="Method option (repeatable).")
+@click.option("--description", default="", help="What the merged brick does.")
+@_with(_PUBLISH_FLAGS)
+@click.pass_context
+def merge(ctx: click.Context, refs: tuple[str, ...], method: str, name: str, weights: str | None,
+          opts: tuple[str, ...], description: str, version: str | None, tags: tuple[str, ...], dry_run: bool,
+          as_json: bool, registry_path: str | None) -> None:
+    """Merge bricks REF REF ... of one kind and host into a new brick, whose lineage lists the exact parents."""
+    from bricks.extract.options import option_pairs
+    from bricks.ops.merge import get_merge_method, merge_bricks
+
+    spec = get_merge_method(method)
+    raw = option_pairs(opts)
+    if weights is not None:
+        raw["weights"] = weights
+    params = spec.parse(raw)  # checked before any brick is read
+    _check_name(name)
+    reg = open_registry(ctx, registry_path)
+    infos = [reg.resolve(r) for r in refs]
+    bricks = [reg.get(v.ref) for v in infos]
+    brick = merge_bricks(bricks, spec.name, params, name, description=description)
+    info = None if dry_run else _publish(
+        reg, brick, parents=[v.ref for v in infos], operation="merge", version=version, tags=tags,
+        op_params={"method": spec.name, **params.params()})
+    _report(brick, info, as_json, {"parents": [v.ref for v in infos]})
+    if not as_json:
+        console.print(f"  parents        {', '.join(v.ref for v in infos)}")
+        errors = {k: v for k, v in brick.meta.metrics.items() if "error" in k and not isinstance(v, dict)}
+        if errors:
+            console.print("  reconstruction " + ", ".join(f"{k}={v:.4g}" for k, v in errors.items()))

@@ -89,3 +89,39 @@ def test_update_of_a_neuron_brick_reextracts_and_reports_overlap(run, tiny_host_
     assert 0 <= c["jaccard"] <= 1 and c["parent_size"] == c["size"]
     again = run("update", "lang-fr@1.0.0", "--data", old, "--host", str(tiny_host_dir), code=1)
     assert "would repeat the parent" in again
+
+
+def test_merge_two_trained_bricks_publishes_with_lineage(run, tiny_host_dir, tmp_path):
+    for word in ("fox", "cat"):
+        run("train", "--data", write_chat(tmp_path / f"{word}.jsonl", 30, word), "--name", word,
+            "--host", str(tiny_host_dir), *FAST)
+    out = json.loads(run("merge", "fox", "cat@1.0.0", "--method", "linear", "--weights", "1,0.5",
+                         "--opt", "target_rank=4", "-o", "pets", "--json"))
+    assert out["published"] == "pets@1.0.0" and out["parents"] == ["fox@1.0.0", "cat@1.0.0"]
+    assert out["method"] == "merge-linear" and 0 < out["metrics"]["max_error"] < 1
+    edges = json.loads(run("show", "pets", "--json"))["lineage"]["parents"]
+    assert {e["ref"] for e in edges} == {"fox@1.0.0", "cat@1.0.0"}
+    assert edges[0]["operation"] == "merge" and edges[0]["params"]["weights"] == [1.0, 0.5]
+    assert "merge of cat@1.0.0" in run("show", "pets") and "method=linear" in run("show", "pets")
+    assert "ties" in run("merge", "--help")
+
+
+def test_bad_merges_are_one_clean_error(run, tiny_host_dir, tmp_path, brick_file_neurons):
+    run("train", "--data", write_chat(tmp_path / "fox.jsonl", 30, "fox"), "--name", "fox",
+        "--host", str(tiny_host_dir), *FAST)
+    run("publish", brick_file_neurons)
+    assert "density" in run("merge", "fox", "fox", "--method", "ties", "--opt", "density=1.5", "-o", "x", code=1)
+    mixed = run("merge", "fox", "lang-fr", "--method", "cat", "-o", "x", code=1)
+    assert "fox" in mixed and "lang-fr" in mixed
+    assert "did you mean" in run("merge", "fox", "fox", "--method", "tie", "-o", "x", code=1)
+    assert "nope" in run("merge", "fox", "nope", "--method", "cat", "-o", "x", code=1)
+    assert run("list", "--json").count('"ref"') == 2  # nothing was published by the failed merges
+
+
+@pytest.fixture
+def brick_file_neurons(tmp_path, tiny_host):
+    from bricks.format import save_brick
+    from bricks.kinds.neurons import neuron_brick
+
+    b = neuron_brick("lang-fr", tiny_host.ref, {0: [1, 2, 3]}, gain=0.0, method="emergent")
+    return str(save_brick(b, tmp_path / "lang-fr.safetensors"))
