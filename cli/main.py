@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import click
 
-from cli import demo, extract, host, manifest, ops, peft, registry, serve
+from cli import demo, export, extract, host, manifest, ops, peft, registry, serve
 from cli.common import BrickGroup
 
 
@@ -23,7 +23,7 @@ def cli(registry: str | None) -> None:
 COMMANDS = (
     registry.list_cmd, registry.show, registry.tag, registry.rm, registry.gc, registry.verify,
     registry.export_cmd, registry.import_cmd, registry.publish,
-    peft.export_peft, peft.import_peft,
+    peft.export_peft, peft.import_peft, export.export_model_cmd,
     host.host, manifest.manifest,
     serve.serve, serve.generate, serve.route,
     extract.extract_cmd, extract.eval_cmd, extract.audit_cmd,
