@@ -1,0 +1,126 @@
+"""Customized bricks on the real host: train each shipped task, merge two trained bricks, prints JSON.
+
+    .venv/bin/python bench/bench_ops.py [--steps 150] [--tasks json-extract,style] [--out bench-ops.json]
+
+Per task (the held-out 20% of its examples, split by record hash, never trained on):
+- held-out loss before / after, training tokens/s;
+- the task metric of greedy replies to the held-out prompts, plain host vs the brick;
+- held-out perplexity change on the shipped corpora (bricks/data, the documents extraction holds out):
+  a brick for one task should not change text elsewhere (target: |Δ| <= 2%).
+Merge (the first two tasks' bricks, A and B): for cat, linear, svd at half the summed rank, ties, dare_linear,
+dare_ties and magnitude_prune, the share of each parent's held-out loss improvement the merge keeps,
+(before - merged) / (before - parent) on that parent's held-out set (targets: cat/linear >= 95%, svd >= 90%);
+and the max |Δlogit| between the cat merge and the assembly of A and B served together (no merge).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bricks.apply import assembly_applied  # noqa: E402
+from bricks.compose import BrickUse, assemble  # noqa: E402
+from bricks.corpus import load_corpus  # noqa: E402
+from bricks.evaluate import label_perplexity  # noqa: E402
+from bricks.host import load_host  # noqa: E402
+from bricks.ops.data import file_digest, read_examples, split_heldout  # noqa: E402
+from bricks.ops.merge import merge_bricks  # noqa: E402
+from bricks.ops.tasks import TASKS, prompt_and_reference, task_metric  # noqa: E402
+from bricks.ops.train import brick_loss, encode_all, train_lora  # noqa: E402
+from bricks.profile import chunk_corpus  # noqa: E402
+from bricks.steer.generation import generate_chat  # noqa: E402
+
+MERGES = [("cat", {}), ("linear", {}), ("svd", {"target_rank": "half"}), ("ties", {"density": 0.5}),
+          ("dare_linear", {"density": 0.5}), ("dare_ties", {"density": 0.5}), ("magnitude_prune", {"density": 0.5})]
+
+
+def heldout_corpus(host, max_docs: int = 8):
+    """The shipped corpora's held-out documents (the emergent extractor's default split), chunked."""
+    train, held = load_corpus("builtin").split(0.2, seed=0)
+    docs = [d for lab in held.labels() for d in held.by_label(lab)[:max_docs]]
+    return chunk_corpus(type(held)(docs), host.tokenizer, 256)
+
+
+def task_eval(host, bricks, held_examples, task, n: int, max_new: int) -> dict:
+    pairs = [prompt_and_reference(ex) for ex in held_examples[:n]]
+    prompts = [p for p, _ in pairs]
+    assembly = assemble(host.ref, [BrickUse(b) for b in bricks])
+    with assembly_applied(host.model, host.adapter, assembly):
+        replies = generate_chat(host, prompts, max_new_tokens=max_new)
+    return {**task_metric(task, held_examples[:n], replies), "example_reply": replies[0][:200]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=150)
+    ap.add_argument("--tasks", default=",".join(list(TASKS)[:2]))
+    ap.add_argument("--eval-prompts", type=int, default=40)
+    ap.add_argument("--max-new-tokens", type=int, default=64)
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    torch.set_num_threads(2)
+    host = load_host()
+    corpus = heldout_corpus(host)
+    base_ppl = label_perplexity(host, corpus)
+    out: dict = {"host": host.ref.name, "steps": args.steps, "tasks": {}, "merge": {}}
+    bricks, held_sets = {}, {}
+    for task in args.tasks.split(","):
+        path = TASKS[task].path
+        examples = read_examples(path)
+        started = time.perf_counter()
+        result = train_lora(host, examples, {"steps": args.steps, "progress": False}, f"task-{task}",
+                            data_digest=file_digest(path), progress=True)
+        brick = result.brick
+        _, held = split_heldout(examples, 0.2)
+        bricks[task], held_sets[task] = brick, encode_all(host.tokenizer, held, 256, "held-out")
+        ppl = label_perplexity(host, corpus, [BrickUse(brick)])
+        out["tasks"][task] = {
+            "metrics": brick.meta.metrics, "wall_s": round(time.perf_counter() - started, 1),
+            "task_metric_plain": task_eval(host, [], held, task, args.eval_prompts, args.max_new_tokens),
+            "task_metric_brick": task_eval(host, [brick], held, task, args.eval_prompts, args.max_new_tokens),
+            "heldout_ppl_delta_pct": {lab: round(100 * (ppl[lab] / base_ppl[lab] - 1), 3) for lab in base_ppl},
+        }
+        print(json.dumps({task: out["tasks"][task]}, default=str), file=sys.stderr)
+    names = list(bricks)
+    if len(names) >= 2:
+        a, b = bricks[names[0]], bricks[names[1]]
+        before = {t: brick_loss(host, held_sets[t], []) for t in names[:2]}
+        alone = {t: brick_loss(host, held_sets[t], [bricks[t]]) for t in names[:2]}
+        summed = max(m.rank for m in a.lora.values()) + max(m.rank for m in b.lora.values())
+        for method, params in MERGES:
+            params = {k: (summed // 2 if v == "half" else v) for k, v in params.items()}
+            merged = merge_bricks([a, b], method, {**params, "progress": False}, f"merged-{method.replace('_', '-')}")
+            kept = {t: round((before[t] - brick_loss(host, held_sets[t], [merged])) / (before[t] - alone[t]), 4)
+                    for t in names[:2]}
+            out["merge"][method] = {"params": params, "kept_improvement": kept,
+                                    "max_error": merged.meta.metrics.get("max_error"), "rank": merged.size()}
+        out["merge"]["cat_vs_assembly_max_abs_logit_diff"] = cat_vs_assembly(host, a, b, held_sets[names[0]])
+    text = json.dumps(out, indent=2, default=str)
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text)
+
+
+def cat_vs_assembly(host, a, b, data) -> float:
+    """Logits of the cat merge vs both bricks served together, on held-out examples."""
+    merged = merge_bricks([a, b], "cat", {"progress": False}, "cat-check")
+    worst = 0.0
+    for e in data[:8]:
+        ids = e.input_ids[None]
+        logits = []
+        for uses in ([BrickUse(merged)], [BrickUse(a), BrickUse(b)]):
+            with torch.no_grad(), assembly_applied(host.model, host.adapter, assemble(host.ref, uses)):
+                logits.append(host.model(input_ids=ids).logits)
+        worst = max(worst, float((logits[0] - logits[1]).abs().max()))
+    return worst
+
+
+if __name__ == "__main__":
+    main()
