@@ -27,7 +27,7 @@ COMMANDS = (
     host.host, manifest.manifest,
     serve.serve, serve.generate, serve.route,
     extract.extract_cmd, extract.eval_cmd, extract.audit_cmd,
-    ops.train, ops.update, ops.merge,
+    ops.train, ops.update, ops.merge, ops.grow,
     demo.demo_cmd,
 )
 for command in COMMANDS:

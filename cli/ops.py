@@ -258,3 +258,96 @@ def merge(ctx: click.Context, refs: tuple[str, ...], method: str, name: str, wei
         errors = {k: v for k, v in brick.meta.metrics.items() if "error" in k and not isinstance(v, dict)}
         if errors:
             console.print("  reconstruction " + ", ".join(f"{k}={v:.4g}" for k, v in errors.items()))
+
+
+# --- grow ------------------------------------------------------------------------------------------------
+def _grow_help() -> str:
+    from bricks.extract.options import describe_option, option_names
+    from bricks.ops.grow import GROWTH_METHODS, GrowOptions
+
+    shared = set(option_names(GrowOptions))
+    lines = ["Methods (--method NAME; options with --opt KEY=VALUE):", "", "\b"]
+    for spec in GROWTH_METHODS.values():
+        lines.append(f"  {spec.name}: {spec.summary}  ({spec.reference_url})")
+        for key in option_names(spec.options):
+            if key not in shared:
+                lines.append(f"      {key}: {describe_option(spec.options, key)}"[:160])
+    lines += ["", "Options of every method:", "", "\b"]
+    for key in option_names(GrowOptions):
+        if key not in ("method", "progress"):
+            lines.append(f"      {key}: {describe_option(GrowOptions, key)}"[:160])
+    return "\n".join(lines)
+
+
+class _GrowCommand(BrickCommand):
+    def format_epilog(self, ctx: click.Context, formatter) -> None:
+        self.epilog = _grow_help()  # built when asked for: the methods load torch
+        super().format_epilog(ctx, formatter)
+
+
+@click.command(cls=_GrowCommand)
+@click.option("--facts", "facts_path", required=True, type=click.Path(dir_okay=False),
+              help='JSONL: {"prompt": ..., "target": ..., "paraphrases": [...]} per line.')
+@click.option("--heldout", "heldout_path", default=None, type=click.Path(dir_okay=False),
+              help="Facts file of other wordings of the same facts, never trained on: the report's generality.")
+@click.option("--name", required=True, help="Brick name.")
+@click.option("--description", default="", help="What the brick knows (shown by brick show).")
+@click.option("--method", default=None, help="Growth method: tpatcher (default) or lm.")
+@click.option("--layers", default=None, help="Layers that get new neurons, comma-separated "
+              "(default: at 60/70/80% of the depth).")
+@click.option("--neurons-per-fact", type=int, default=None, help="New neurons per fact and layer (default 4).")
+@click.option("--steps", type=int, default=None, help="Optimizer steps (default 100).")
+@click.option("--lr", type=float, default=None, help="Adam learning rate (default 0.01).")
+@click.option("--seed", type=int, default=None, help="Seed of the initial noise and the unrelated sample.")
+@click.option("--opt", "opts", multiple=True, metavar="KEY=VALUE", help="Any method option (listed below).")
+@host_option()
+@_with(_PUBLISH_FLAGS)
+@click.pass_context
+def grow(ctx: click.Context, facts_path: str, heldout_path: str | None, name: str, description: str,
+         method: str | None, host_spec: str, opts: tuple[str, ...], version: str | None, tags: tuple[str, ...],
+         dry_run: bool, as_json: bool, registry_path: str | None, **flags: Any) -> None:
+    """Grow new FFN neurons that hold the facts (host frozen) and publish them as a growth brick, with the
+    EasyEdit-style report: reliability, generality, locality, activation margin."""
+    from bricks.host import load_host
+    from bricks.ops.data import file_digest, read_facts
+    from bricks.ops.grow import check_facts, grow_facts, grow_options
+
+    _check_name(name)
+    raw = _train_options({}, opts, **flags)
+    if method is not None:
+        raw["method"] = method
+    options = grow_options(raw)  # every option checked before anything is read or loaded
+    facts = read_facts(facts_path)
+    check_facts(facts)
+    heldout = read_facts(heldout_path) if heldout_path else None
+    reg = None if dry_run else open_registry(ctx, registry_path)
+    host = load_host(host_spec)
+    result = grow_facts(host, facts, options, name, data_digest=file_digest(facts_path), heldout=heldout,
+                        description=description, progress=not as_json)
+    info = _publish(reg, result.brick, parents=[], operation="grow", version=version, tags=tags,
+                    op_params={"facts": str(facts_path), **result.brick.meta.params})
+    _report(result.brick, info, as_json)
+    if not as_json:
+        _print_growth(result.report)
+
+
+def _print_growth(m: dict[str, Any]) -> None:
+    def pct(v):
+        return "-" if v is None else f"{100 * v:.1f}%"
+
+    gen = m.get("generality_paraphrases", m.get("generality_paraphrases_trained"))
+    trained = " (trained on)" if "generality_paraphrases_trained" in m else ""
+    console.print(f"  reliability    {pct(m['reliability'])} of {m['n_facts']} facts recalled "
+                  f"(plain host {pct(m['reliability_plain_host'])})")
+    line = f"  generality     paraphrases {pct(gen)}{trained}"
+    if "generality_heldout" in m:
+        line += f", held-out wordings {pct(m['generality_heldout'])} of {m['n_heldout_wordings']}"
+    console.print(line)
+    console.print(f"  locality       {pct(m['locality_token_agreement'])} token agreement with the plain host; "
+                  f"held-out PPL {m['heldout_ppl_delta_pct']:+.2f}% (worst label "
+                  f"{m['heldout_ppl_delta_pct_max_abs']:.2f}%)")
+    console.print(f"  activation     {m['activation_edit_mean']:.2f} on the facts vs "
+                  f"{m['activation_unrelated_max_mean']:.2f} max on unrelated text; margin median "
+                  f"{m['activation_margin_median']:.2f}, positive for {pct(m['activation_margin_positive'])} of the "
+                  "neurons")
+    console.print(f"  training       {m['steps']} steps in {m['train_seconds']:.0f} s")
