@@ -41,6 +41,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -62,6 +63,8 @@ from bricks.profile import chunk_corpus, decoder
 from bricks.refs import check_name
 from bricks.yamlconfig import did_you_mean, friendly_message
 
+FACTS_DIR = Path(__file__).resolve().parents[1] / "data" / "facts"
+SHIPPED_FACTS, SHIPPED_HELDOUT = FACTS_DIR / "facts.jsonl", FACTS_DIR / "heldout.jsonl"  # 36 fictional facts
 DEFAULT_LAYER_FRACTIONS = (0.6, 0.7, 0.8)  # of the depth: layers 18, 21, 24 of SmolLM2's 30 (measured)
 ROUTING_CAP = 256  # a grown brick's routing keys: its facts' prompts and paraphrases, at most this many
 HELDOUT_SPLIT = (0.2, 0)  # the shipped corpora's held-out fraction and seed (the extractors' default split)
