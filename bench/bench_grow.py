@@ -1,6 +1,6 @@
 """Grow on the real host: the shipped 36 fictional facts, each growth method, EasyEdit-style. Prints JSON.
 
-    .venv/bin/python bench/bench_grow.py [--methods tpatcher,lm] [--steps 100] [--save DIR] [--out FILE]
+    .venv/bin/python bench/bench_grow.py [--methods tpatcher,lm] [--steps 150] [--save DIR] [--out FILE]
 
 Per method (same facts, layers, neurons per fact, steps and seed):
 - reliability: greedy recall of each fact's target from its prompt, with the brick (and the plain host's);
@@ -36,7 +36,7 @@ from bricks.ops.grow import SHIPPED_FACTS, SHIPPED_HELDOUT, grow_facts  # noqa: 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--methods", default="tpatcher,lm")
-    ap.add_argument("--steps", type=int, default=100)
+    ap.add_argument("--steps", type=int, default=150)
     ap.add_argument("--save", default=None)
     ap.add_argument("--out", default=None)
     args = ap.parse_args()

@@ -296,7 +296,7 @@ class _GrowCommand(BrickCommand):
 @click.option("--layers", default=None, help="Layers that get new neurons, comma-separated "
               "(default: at 60/70/80% of the depth).")
 @click.option("--neurons-per-fact", type=int, default=None, help="New neurons per fact and layer (default 4).")
-@click.option("--steps", type=int, default=None, help="Optimizer steps (default 100).")
+@click.option("--steps", type=int, default=None, help="Optimizer steps (default 150).")
 @click.option("--lr", type=float, default=None, help="Adam learning rate (default 0.01).")
 @click.option("--seed", type=int, default=None, help="Seed of the initial noise and the unrelated sample.")
 @click.option("--opt", "opts", multiple=True, metavar="KEY=VALUE", help="Any method option (listed below).")

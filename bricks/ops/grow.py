@@ -104,8 +104,9 @@ class GrowOptions(ExtractorOptions):
     layers: list[int] | None = Field(None, description="Layers that get new neurons (default: at 60%, 70% and "
                                      "80% of the depth: 18,21,24 on a 30-layer host).")
     neurons_per_fact: int = Field(4, ge=1, le=64, description="New neurons per fact in each chosen layer.")
-    steps: int = Field(100, ge=1, le=100_000, description="Optimizer steps (Adam, all facts every step; on "
-                       "SmolLM2 the edit loss is ~0 by step 25, the rest tightens locality).")
+    steps: int = Field(150, ge=1, le=100_000, description="Optimizer steps (Adam, all facts every step; on "
+                       "SmolLM2 the edit loss is ~0 by step 25; the rest tightens locality: en held-out "
+                       "perplexity +1.25% at 100 steps, +0.76% at 150).")
     lr: float = Field(1e-2, gt=0, le=1.0, description="Adam learning rate (constant).")
     seed: int = Field(0, ge=0, description="Seed of the neurons' initial noise and the unrelated-token sample.")
     train_paraphrases: bool = Field(True, description="Train on each fact's paraphrases too (false: only on "
