@@ -1,5 +1,6 @@
 """LoRA training and update on the tiny host: the stored brick is what PEFT trained, loss goes down,
-runs are deterministic and resumable, and bad input is refused before any work."""
+runs are deterministic and resumable, the locality penalty keeps unrelated text closer to the host,
+and bad input is refused before any work."""
 
 from __future__ import annotations
 
@@ -9,7 +10,16 @@ import torch
 from bricks.errors import InvalidInputError
 from bricks.ops import train as train_mod
 from bricks.ops.data import ChatExample, TextExample
-from bricks.ops.train import TrainingInterrupted, encode, train_lora, train_options
+from bricks.ops.train import (
+    TrainingInterrupted,
+    TrainOptions,
+    collate,
+    encode,
+    locality_data,
+    locality_kl,
+    train_lora,
+    train_options,
+)
 
 OPTS = {"steps": 25, "rank": 4, "lr": 1e-2, "batch_size": 4, "progress": False}
 
@@ -119,6 +129,8 @@ def test_update_continues_from_the_parent(tiny_host, tmp_path):
 @pytest.mark.parametrize(("options", "message"), [
     ({"rank": 0}, "rank"), ({"targets": "q_proj,attn"}, "unknown target module 'attn'"),
     ({"lr": -1}, "lr"), ({"steps": 0}, "steps"), ({"rnak": 4}, "rnak"),
+    ({"locality_weight": -1}, "locality_weight"), ({"locality_tokens": 4}, "locality_tokens"),
+    ({"locality_chunks": 0}, "locality_chunks"),
 ])
 def test_bad_options_are_refused_up_front(options, message):
     with pytest.raises(InvalidInputError, match=message):
@@ -137,3 +149,68 @@ def test_update_of_a_neuron_brick_is_not_lora_training(tiny_host, tmp_path):
 
     with pytest.raises(InvalidInputError, match="re-extraction"):
         run(tiny_host, tmp_path, parent=labelled_brick(tiny_host))
+
+
+# --- locality --------------------------------------------------------------------------------------------
+def test_locality_options_parse_from_cli_text_and_are_described():
+    from bricks.extract.options import describe_option, option_pairs
+
+    opts = train_options(option_pairs(["locality_weight=3", "locality-tokens=64"]))
+    assert opts.locality_weight == 3.0 and opts.locality_tokens == 64
+    assert train_options({}).locality_weight > 0  # on by default
+    assert "KL" in describe_option(TrainOptions, "locality_weight")
+    assert "locality_weight" in train_options({"locality_weight": 0}).params()
+
+
+def heldout_chunks(host, n: int = 8):
+    """Windows of the shipped corpora's held-out split: text the penalty never saw."""
+    from bricks.corpus import load_corpus
+
+    _, held = load_corpus("builtin").split(0.2, seed=0)
+    ids = host.tokenizer(" ".join(d.text for d in held[:40]), add_special_tokens=False)["input_ids"]
+    return torch.tensor(ids[: n * 64]).reshape(n, 64)
+
+
+def kl_to_host(host, brick, ids) -> float:
+    from bricks.apply import assembly_applied
+    from bricks.compose import BrickUse, assemble
+
+    with torch.no_grad():
+        plain = host.model(input_ids=ids).logits.float().log_softmax(-1)
+        with assembly_applied(host.model, host.adapter, assemble(host.ref, [BrickUse(brick)])):
+            adapted = host.model(input_ids=ids).logits.float().log_softmax(-1)
+    return float(torch.nn.functional.kl_div(adapted, plain, log_target=True, reduction="none").sum(-1).mean())
+
+
+def test_locality_kl_is_zero_at_step_zero_and_recorded(tiny_host, tmp_path):
+    m = run(tiny_host, tmp_path, options={"steps": 10}).brick.meta.metrics
+    assert m["locality_kl_first"] == pytest.approx(0.0, abs=1e-6)  # LoRA B starts at 0: the host itself
+    assert m["locality_kl_last"] > 0 and m["locality_tokens"] > 0
+    off = run(tiny_host, tmp_path / "off", options={"steps": 2, "locality_weight": 0}).brick.meta.metrics
+    assert "locality_kl_first" not in off
+
+
+def test_locality_kl_is_differentiable_in_the_adapter_only(tiny_host):
+    from bricks.ops.train import _peft_model
+
+    model = _peft_model(tiny_host, train_options({"rank": 4}), None)
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.5)
+    chunks, digest = locality_data(tiny_host.tokenizer, train_options({"locality_tokens": 32}))
+    assert digest.startswith("sha256:") and all(len(c.input_ids) <= 32 for c in chunks)
+    kl = locality_kl(model, collate(chunks[:2], tiny_host.tokenizer.pad_token_id))
+    kl.backward()
+    assert kl.item() > 0
+    grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    assert grads and all("lora_" in n for n in grads)
+    assert all(p.requires_grad for n, p in model.named_parameters() if "lora_" in n)  # disable_adapter restored them
+
+
+def test_locality_penalty_keeps_unrelated_text_closer_to_the_host(tiny_host, tmp_path):
+    options = {"steps": 20, "lr": 3e-2, "locality_tokens": 64, "locality_chunks": 4}
+    free = run(tiny_host, tmp_path / "free", options={**options, "locality_weight": 0}).brick
+    kept = run(tiny_host, tmp_path / "kept", options={**options, "locality_weight": 10}).brick
+    ids = heldout_chunks(tiny_host)
+    assert kl_to_host(tiny_host, kept, ids) < 0.5 * kl_to_host(tiny_host, free, ids)
+    assert kept.meta.metrics["heldout_loss_after"] < kept.meta.metrics["heldout_loss_before"] - 0.1
