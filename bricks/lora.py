@@ -1,8 +1,9 @@
 """An assembly's trained part as ONE LoRA adapter (vLLM multi-LoRA), and neuron bricks compiled to LoRA.
 
 Each kind compiles its composed value to low-rank deltas per target module (bricks/kinds/: LoRA bricks
-with their scaling folded into B, growth bricks into the reserved slots, a neuron map's gains on the LoRA
-path); per module the adapter concatenates every contribution's rank (exact, since deltas add).
+with their scaling folded into B, growth bricks into the reserved slots that resident ones leave free, a
+neuron map's gains on the LoRA path); per module the adapter concatenates every contribution's rank (exact,
+since deltas add).
 When the summed rank exceeds the engine's max rank, the product B A is truncated with an SVD
 (QR of B and A^T, SVD of the small core) and the relative Frobenius error is reported.
 """
@@ -44,9 +45,10 @@ def down_proj_weights(host) -> dict[int, torch.Tensor]:
 
 
 def assembly_adapter(assembly: Assembly, max_rank: int, reserved: int = 0,
-                     w_down: dict[int, torch.Tensor] | None = None) -> Adapter:
-    """One adapter for the assembly's LoRA and growth bricks (and its neuron map when `w_down` is given)."""
-    ctx = LoraContext(assembly.host, reserved, w_down)
+                     w_down: dict[int, torch.Tensor] | None = None, growth_start: int = 0) -> Adapter:
+    """One adapter for the assembly's LoRA and growth bricks (and its neuron map when `w_down` is given); its
+    growth bricks take the reserved slots from `growth_start` on (the ones before hold resident bricks)."""
+    ctx = LoraContext(assembly.host, reserved, w_down, growth_start)
     parts: dict[str, list[LowRank]] = {}
     for name, composed in assembly.present().items():
         for mod, lrs in KINDS[name].to_lora(composed, ctx).items():

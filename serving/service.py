@@ -2,11 +2,16 @@
 
 Everything the HTTP app and `brick generate` do goes through `plan` (route a request to an
 assembly, built or cached) and `engine.stream/generate`.
+
+With engine.growth_path: gain_table, the manifest's growth bricks (the versions their refs resolve to at
+start) are resident: written into the served host's reserved slots and gated per request by the gain
+table. A growth brick published later is served through LoRA, when the engine has LoRA on.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +22,7 @@ from bricks.errors import HostMismatchError, InvalidInputError
 from bricks.format import Brick, BrickMeta
 from bricks.host import Host, cache_dir, load_host
 from bricks.kinds import kind_of
+from bricks.kinds.growth import ResidentGrowth, resident_growth
 from bricks.kinds.neurons import NeuronSet
 from bricks.lora import down_proj_weights
 from registry import Registry
@@ -38,6 +44,7 @@ class BrickService:
         self.reference: ReferenceEngine | None = None
         self.cache: AssemblyCache | None = None
         self.router: Router | None = None
+        self.resident: ResidentGrowth | None = None
         self.self_test_report: dict[str, Any] | None = None
 
     # --- start-up ------------------------------------------------------------------------------------
@@ -49,10 +56,11 @@ class BrickService:
         w_down = None
         if m.engine.neuron_path == "lora":
             w_down = down_proj_weights(self.host)
+        self.resident = self._resident_growth()
         self.cache = AssemblyCache(self.registry, self.host.ref, cache_dir() / "assemblies" / self.host.ref.short(),
                                    max_rank=m.engine.max_lora_rank, max_error=m.engine.max_lora_error,
                                    reserved=m.host.growth_slots, neuron_path=m.engine.neuron_path, w_down=w_down,
-                                   max_memory=m.engine.max_assemblies)
+                                   resident=self.resident, max_memory=m.engine.max_assemblies)
         self.router = self._make_router()
         self.engine = self.reference if self.engine_kind == "transformers" else VllmEngine(self.host, self._settings())
         await self.engine.start()
@@ -63,10 +71,26 @@ class BrickService:
         if self.engine is not None:
             await self.engine.stop()
 
+    def _resident_growth(self) -> ResidentGrowth | None:
+        """The manifest's growth bricks laid out in the reserved slots (engine.growth_path: gain_table)."""
+        m = self.manifest
+        if m.engine.growth_path != "gain_table":
+            return None
+        growth = [v for v in m.resolved.values() if kind_of(v.kind).adds_neurons]
+        if not growth:
+            return None
+        return resident_growth([(v.digest, self.registry.get(v.ref)) for v in growth], self.host.ref,
+                               m.host.growth_slots)
+
+    def _is_resident(self, digest: str) -> bool:
+        return self.resident is not None and digest in self.resident.slots
+
     def _lora_targets(self) -> list[str]:
-        """The module suffixes the manifest's trained bricks (and LoRA-path neuron bricks) touch."""
+        """The module suffixes the manifest's trained bricks (LoRA-path neuron and growth bricks) touch."""
         targets: set[str] = set()
         for v in self.manifest.resolved.values():
+            if self._is_resident(v.digest):  # served from the host's slots, never through LoRA
+                continue
             load = functools.partial(self.registry.get, v.ref)  # only kinds whose targets depend on tensors read it
             targets |= kind_of(v.kind).lora_targets(load, self.manifest.engine.neuron_path)
         return sorted(targets)
@@ -80,7 +104,7 @@ class BrickService:
                             enable_prefix_caching=e.enable_prefix_caching, max_rows=e.max_assemblies,
                             enable_lora=bool(targets) or e.neuron_path == "lora",
                             max_loras=e.max_loras, max_lora_rank=e.max_lora_rank,
-                            reserved=self.manifest.host.growth_slots)
+                            reserved=self.manifest.host.growth_slots, resident=self.resident)
 
     def _check_bricks_host(self) -> None:
         for ref, v in self.manifest.resolved.items():
@@ -111,13 +135,20 @@ class BrickService:
                       assemblies=dict(m.assemblies))
 
     def probe_assemblies(self) -> list[BuiltAssembly]:
-        """Identity and a dense random gain/offset row touching every layer (for the self-test)."""
+        """Identity, a dense random gain/offset row touching every layer and, when growth bricks are resident,
+        all of them with that row (for the self-test)."""
         ref = self.host.ref
         g = torch.Generator().manual_seed(1234)
         probe = Brick(BrickMeta(name="selftest-probe", kind="neurons", host=ref), {
             i: NeuronSet(torch.arange(ref.d_ff), 0.5 + torch.rand(ref.d_ff, generator=g),
                          0.02 * torch.randn(ref.d_ff, generator=g)) for i in range(ref.n_layers)})
-        return [self.cache.build_uses([]), self.cache.build_uses([BrickUse(probe)])]
+        out = [self.cache.build_uses([]), self.cache.build_uses([BrickUse(probe)])]
+        if self.resident is not None:
+            digests = list(self.resident.bricks)
+            uses = [BrickUse(probe)] + [BrickUse(self.resident.bricks[d]) for d in digests]
+            probe_digest = "sha256:" + hashlib.sha256(probe.to_bytes()).hexdigest()
+            out.append(self.cache.build_uses(uses, [probe_digest, *digests]))
+        return out
 
     # --- requests ------------------------------------------------------------------------------------
     def plan(self, prompt: str, request_bricks: list | None = None, model: str | None = None

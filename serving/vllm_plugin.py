@@ -14,6 +14,7 @@ ARCH = "BrickLlamaForCausalLM"  # the model class in serving/vllm_model.py has t
 MODEL_CLASS = f"serving.vllm_model:{ARCH}"
 ROW_TRACKER = "serving.vllm_model:BrickRowTracker"  # the logits processor that maps requests to rows
 MAX_ROWS_KEY = "brickwork_max_rows"  # hf_overrides key: rows of the gain table
+GATED_KEY = "brickwork_gated_slots"  # hf_overrides key: [first, end) FFN columns of resident growth bricks
 EXTRA_ASSEMBLY = "brick_assembly"  # SamplingParams.extra_args key: the request's assembly id
 EXTRA_ROW = "brick_row"  # SamplingParams.extra_args key: the assembly's row file
 

@@ -49,12 +49,13 @@ class LowRank:
 
 @dataclass(frozen=True)
 class LoraContext:
-    """What compiling to the served adapter may need: reserved growth neurons and (to compile neuron
-    gains) the host's down_proj weights per layer."""
+    """What compiling to the served adapter may need: reserved growth neurons (the first `growth_start` of
+    them hold resident growth bricks) and (to compile neuron gains) the host's down_proj weights per layer."""
 
     host: HostRef
     reserved: int = 0
     w_down: dict[int, torch.Tensor] | None = None
+    growth_start: int = 0
 
 
 def bad_brick(source: str, problem: str, fix: str = "re-create the brick or re-export it") -> InvalidInputError:

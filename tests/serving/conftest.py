@@ -53,10 +53,23 @@ def hand_made_bricks(ref) -> dict[str, Brick]:
         lora[mod] = LoraModule(torch.randn(4, d_in, generator=g) / d_in**0.5,
                                torch.randn(d_out, 4, generator=g) * 0.5, alpha=8.0)
     out["lora"] = Brick(BrickMeta(name="lora", kind="lora", host=ref), lora)
-    out["grow"] = Brick(BrickMeta(name="grow", kind="growth", host=ref), {
-        i: GrowthNeurons(torch.randn(4, ref.d_model, generator=g) * 0.2, torch.randn(4, ref.d_model, generator=g) * 0.2,
-                         torch.randn(ref.d_model, 4, generator=g) * 0.5) for i in (3, 18)})
+    out["grow"] = growth_brick(ref, "grow", {3: 4, 18: 4}, g)
     return out
+
+
+def growth_brick(ref, name: str, sizes: dict[int, int], g: torch.Generator) -> Brick:
+    """{layer: k} random grown neurons, large enough to change SmolLM2's greedy output."""
+    return Brick(BrickMeta(name=name, kind="growth", host=ref), {
+        i: GrowthNeurons(torch.randn(k, ref.d_model, generator=g) * 0.2, torch.randn(k, ref.d_model, generator=g) * 0.2,
+                         torch.randn(ref.d_model, k, generator=g) * 0.5) for i, k in sizes.items()})
+
+
+def late_growth(svc) -> str:
+    """Publish `grow-late` (once) into the served registry: not in the manifest, so not resident (LoRA path)."""
+    if not any(v.name == "grow-late" for v in svc.registry.list()):
+        svc.registry.publish(growth_brick(svc.host.ref, "grow-late", {3: 4, 12: 4, 25: 4},
+                                           torch.Generator().manual_seed(9)))
+    return "grow-late"
 
 
 @pytest.fixture(scope="session")
@@ -68,7 +81,8 @@ def bg_loop():
 
 @pytest.fixture(scope="session")
 def served(tmp_path_factory, real_host, bg_loop):
-    """A BrickService on vLLM with LoRA on (3 slots) and 8 growth slots, over a registry of hand-made bricks."""
+    """A BrickService on vLLM with LoRA on (3 slots) and 8 growth slots, over a registry of hand-made bricks;
+    the growth brick `grow` is resident (growth_path gain_table, 4 of the 8 slots in layers 3 and 18)."""
     from registry import Registry
     from serving.service import open_service
 
@@ -82,7 +96,8 @@ def served(tmp_path_factory, real_host, bg_loop):
         "name: equivalence\nhost:\n  spec: smollm2-135m-instruct\n  growth_slots: 8\n"
         "bricks:\n" + "".join(f"  - ref: {n}@^1\n" for n in bricks) +
         "routing:\n  policy: explicit\n"
-        "engine:\n  kind: vllm\n  max_loras: 3\n  max_lora_rank: 128\n  max_model_len: 1024\n"
+        "engine:\n  kind: vllm\n  growth_path: gain_table\n  max_loras: 3\n  max_lora_rank: 128\n"
+        "  max_model_len: 1024\n"
         "  enforce_eager: true\n  max_assemblies: 32\n"
         "server:\n  max_tokens: 64\n  max_prompt_tokens: 512\n  api_key_env: BRICK_TEST_KEY\n")
     svc = open_service(manifest, reg)

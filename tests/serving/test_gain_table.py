@@ -61,3 +61,31 @@ def test_extra_args_are_validated():
 
     with pytest.raises(ValueError, match="must both be strings"):
         BrickRowTracker.validate_params(P())
+
+
+def test_gated_columns_default_to_zero_in_every_row(rows, tmp_path):
+    """Resident growth slots (columns 6 and 7 here): gain 0 unless a row file sets them."""
+    t = GainTable(3, 2, 8, "cpu", gated=(6, 8))
+    assert t.gain[:, :, 6:].eq(0).all() and t.gain[:, :, :6].eq(1).all()
+    r = t.acquire("a0", rows["a0"])  # a row 6 wide leaves the gated columns at 0
+    assert t.gain[r, :, :6].eq(2).all() and t.gain[r, :, 6:].eq(0).all()
+    routed = tmp_path / "routed.safetensors"
+    save_file({"gain": torch.tensor([[1.0] * 6 + [1.0, 0.0]] * 2), "offset": torch.zeros(2, 8)}, routed)
+    t.release(r)
+    t.acquire("a9", str(routed))  # the third row is free: no recycling yet
+    r2 = t.acquire("a8", str(routed))  # recycles a0's row: its old gains must not survive
+    assert t.gain[r2, 0].tolist() == [1.0] * 7 + [0.0]
+
+
+def test_a_batch_all_on_row_0_still_zeroes_the_gated_columns(monkeypatch):
+    import serving.vllm_model as vm
+
+    t = GainTable(3, 2, 8, "cpu", gated=(6, 8))
+    monkeypatch.setitem(vm._TABLE, "active", t)
+    h = torch.randn(5, 8)
+    before = h.clone()
+    vm._neuron_affine(h, 0)  # no request rows: every token on row 0
+    assert torch.equal(h[:, :6], before[:, :6]) and h[:, 6:].eq(0).all()
+    t.gated = None
+    vm._neuron_affine(h, 0)
+    assert torch.equal(h[:, :6], before[:, :6])  # no gated columns: the identity leaves h alone

@@ -397,7 +397,8 @@ OTHER_HOST = {**HOST, "fingerprint": "sha256:bbbb2222bbbb", "name": "tinyllama"}
 
 
 class FakeRegistry:
-    """name -> (kind, host, params, growth slots, neurons with offsets?); any selector resolves to 1.0.0."""
+    """name -> (kind, host, params, growth slots ({layer: k}, or k in layer 3), neurons with offsets?); any
+    selector resolves to 1.0.0."""
 
     def __init__(self, bricks: dict):
         self.bricks = bricks
@@ -416,7 +417,9 @@ class FakeRegistry:
     def get(self, ref: str):
         _, _, _, slots, offsets = self.bricks[ref.partition("@")[0]]
         neurons = {0: SimpleNamespace(offset=object() if offsets else None)}
-        return SimpleNamespace(growth_slots=lambda: slots, parts=neurons)
+        per_layer = slots if isinstance(slots, dict) else ({3: slots} if slots else {})
+        return SimpleNamespace(growth_slots=lambda: max(per_layer.values(), default=0), parts=neurons,
+                               per_layer=lambda: per_layer)
 
 
 @pytest.fixture
@@ -426,6 +429,7 @@ def registry():
         "steer-fr": ("neurons", HOST, {}, 0, True),  # says nothing in params: get() is asked
         "tiny-fr": ("neurons", OTHER_HOST, {}, 0, False),
         "grow-facts": ("growth", HOST, {}, 8, False),
+        "grow-more": ("growth", HOST, {}, {3: 2, 7: 6}, False),
         "style": ("lora", HOST, {}, 0, False),
     })
 
@@ -488,6 +492,26 @@ def test_growth_slots_too_small(tmp_path, registry):
     (problem,) = load_problems(path, registry)
     assert (problem.path, problem.line) == ("host.growth_slots", 4)
     assert "needs 8 growth slots" in problem.message and "growth_slots: 8" in problem.message
+
+
+def test_resident_growth_bricks_must_fit_side_by_side(tmp_path, registry):
+    """growth_path gain_table (the default) writes every growth brick into its own slots: 8 + 2 in layer 3."""
+    text = ("name: demo\nhost:\n  spec: smollm2-135m-instruct\n  growth_slots: 8\n"
+            "bricks:\n  - ref: grow-facts\n  - ref: grow-more\n")
+    (problem,) = load_problems(write(tmp_path, text), registry)
+    assert (problem.path, problem.line) == ("host.growth_slots", 4)
+    assert "(bricks[0], bricks[1]) are resident side by side and need 10 growth slots in layer 3" in problem.message
+    assert "growth_slots: 10" in problem.message and "growth_path: lora" in problem.message
+    load_manifest(write(tmp_path, text.replace("growth_slots: 8", "growth_slots: 10")), registry=registry)
+    load_manifest(write(tmp_path, text + "engine: {growth_path: lora}\n"), registry=registry)  # slots shared
+
+
+def test_growth_path_values(tmp_path):
+    assert parse_manifest("name: demo\nhost: {spec: smollm2-135m-instruct}\n").engine.growth_path == "gain_table"
+    with pytest.raises(ManifestError) as info:
+        parse_manifest("name: demo\nhost: {spec: smollm2-135m-instruct}\nengine: {growth_path: slots}\n")
+    (problem,) = info.value.problems
+    assert problem.path == "engine.growth_path" and "gain_table, lora" in problem.message
 
 
 def test_offsets_cannot_go_through_lora(tmp_path, registry):

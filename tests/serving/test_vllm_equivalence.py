@@ -1,9 +1,11 @@
 """vLLM (gain-table plugin + multi-LoRA) against the transformers reference, on the real SmolLM2.
 
 Every assembly kind runs in ONE batch: no bricks, ablation, amplification, steering (offset), two
-overlapping neuron bricks, a LoRA brick, a growth brick and a 3-brick mix, with all LoRA slots in use,
-half the prompts sharing a long prefix across assemblies (prefix cache on), and the same neuron
-bricks compiled to LoRA (the second neuron path). Greedy tokens must be equal and logprobs close.
+overlapping neuron bricks, a LoRA brick, a resident growth brick (gain table), a growth brick published
+after start (so served through LoRA, in the slots after the resident one), both growth bricks together,
+and mixes of growth with neuron and LoRA bricks, with all LoRA slots in use, half the prompts sharing a
+long prefix across assemblies (prefix cache on), and the same neuron bricks compiled to LoRA (the second
+neuron path). Greedy tokens must be equal and logprobs close.
 """
 
 import asyncio
@@ -12,6 +14,7 @@ import pytest
 
 from router.assembly import AssemblyCache, BrickChoice
 from serving.engine import GenRequest
+from tests.serving.conftest import late_growth
 
 pytestmark = [pytest.mark.real, pytest.mark.vllm]
 
@@ -24,6 +27,7 @@ PROMPTS = [PREFIX + "What is the capital of France?", PREFIX + "Name three colou
 ASSEMBLIES = {
     "none": [], "ablation": ["abl"], "amplification": ["amp"], "steering": ["steer"], "overlap": ["ov1", "ov2"],
     "lora": ["lora"], "growth": ["grow"], "mix": ["abl", "lora", "grow"],
+    "growth-lora": ["grow-late"], "growth-both": ["grow", "grow-late"], "growth-neurons": ["grow", "steer", "amp"],
 }
 LORA_PATH = {"lora-path:ablation": ["abl"], "lora-path:overlap-gains": ["ov1", "amp"]}
 
@@ -50,6 +54,7 @@ def _requests(svc):
 
 @pytest.fixture(scope="module")
 def results(served, bg_loop):
+    late_growth(served)
     reqs = _requests(served)
 
     async def run_all():
@@ -68,6 +73,15 @@ def test_vllm_equals_reference_for_every_assembly(results):
         worst = max([worst] + [abs(a - b) for a, b in zip(g.logprobs, w.logprobs)])
     print(f"max |logprob diff| over {len(reqs)} requests: {worst:.2e}")
     assert worst < LOGPROB_ATOL
+
+
+def test_growth_bricks_take_their_paths(results):
+    """`grow` is served from the host's slots (no adapter), `grow-late` through LoRA."""
+    reqs, _, _ = results
+    by = {label: b for label, _, _, b in reqs}
+    assert by["growth"].adapter_path is None and [r.split("@")[0] for r in by["growth"].resident] == ["grow"]
+    assert by["growth-lora"].adapter_path is not None and not by["growth-lora"].resident
+    assert by["growth-both"].adapter_path is not None and len(by["growth-both"].resident) == 1
 
 
 def test_bricks_really_change_the_output(results):
