@@ -1,16 +1,26 @@
-"""Customized bricks on the real host: train each shipped task, merge two trained bricks, prints JSON.
+"""Customized bricks on the real host: train each shipped task, merge pairs of trained bricks, prints JSON.
 
-    .venv/bin/python bench/bench_ops.py [--steps 150] [--tasks json-extract,style] [--out bench-ops.json]
+    .venv/bin/python bench/bench_ops.py [--steps 150] [--tasks json-extract,style,span-qa] [--out bench-ops.json]
+        [--lr 1e-3] [--locality-weight W]
 
 Per task (the held-out 20% of its examples, split by record hash, never trained on):
-- held-out loss before / after, training tokens/s;
+- held-out loss before / after, training tokens/s, the locality penalty's KL at the first and last steps;
 - the task metric of greedy replies to the held-out prompts, plain host vs the brick;
 - held-out perplexity change on the shipped corpora (bricks/data, the documents extraction holds out):
-  a brick for one task should not change text elsewhere (target: |Δ| <= 2%).
-Merge (the first two tasks' bricks, A and B): for cat, linear, svd at half the summed rank, ties, dare_linear,
+  a brick for one task should not change text elsewhere (target: |Δ| <= 2%). Training's locality penalty
+  (TrainOptions.locality_weight, default on) uses only the other, train split of those corpora.
+Merge, per pair of trained bricks A and B: for cat, linear, svd at half the summed rank, ties, dare_linear,
 dare_ties and magnitude_prune, the share of each parent's held-out loss improvement the merge keeps,
 (before - merged) / (before - parent) on that parent's held-out set (targets: cat/linear >= 95%, svd >= 90%);
 and the max |Δlogit| between the cat merge and the assembly of A and B served together (no merge).
+Two pairs are reported:
+- json-extract + span-qa, the primary figures: a compatible pair. Each task is keyed to its own
+  instruction and input (a sentence about a person to turn into JSON; a passage and a question), so one
+  brick can do both and the merge should keep both improvements.
+- json-extract + style, a conflicting pair, for reference: style rewrites the reply to any question as three
+  lowercase bullets, json-extract wants one line of JSON for its prompts, so merged the two deltas pull the
+  same tokens different ways and neither can keep all of its improvement (json-extract loses most). Low
+  retention here measures the conflict, not the merge method.
 """
 
 from __future__ import annotations
@@ -37,6 +47,8 @@ from bricks.ops.train import brick_loss, encode_all, train_lora  # noqa: E402
 from bricks.profile import chunk_corpus  # noqa: E402
 from bricks.steer.generation import generate_chat  # noqa: E402
 
+PAIRS = [("json-extract", "span-qa", "compatible"), ("json-extract", "style", "conflicting")]
+DEFAULT_TASKS = "json-extract,style,span-qa"
 MERGES = [("cat", {}), ("linear", {}), ("svd", {"target_rank": "half"}), ("ties", {"density": 0.5}),
           ("dare_linear", {"density": 0.5}), ("dare_ties", {"density": 0.5}), ("magnitude_prune", {"density": 0.5})]
 
@@ -60,23 +72,26 @@ def task_eval(host, bricks, held_examples, task, n: int, max_new: int) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=150)
-    ap.add_argument("--tasks", default=",".join(list(TASKS)[:2]))
+    ap.add_argument("--tasks", default=DEFAULT_TASKS)
     ap.add_argument("--eval-prompts", type=int, default=40)
     ap.add_argument("--max-new-tokens", type=int, default=64)
+    ap.add_argument("--lr", type=float, default=None, help="training lr (default: TrainOptions')")
+    ap.add_argument("--locality-weight", type=float, default=None, help="default: TrainOptions'")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     torch.set_num_threads(2)
     host = load_host()
     corpus = heldout_corpus(host)
     base_ppl = label_perplexity(host, corpus)
-    out: dict = {"host": host.ref.name, "steps": args.steps, "tasks": {}, "merge": {}}
+    options = {"steps": args.steps, "progress": False}
+    options.update({k: v for k, v in (("lr", args.lr), ("locality_weight", args.locality_weight)) if v is not None})
+    out: dict = {"host": host.ref.name, "steps": args.steps, "train_options": options, "tasks": {}, "merge": {}}
     bricks, held_sets = {}, {}
     for task in args.tasks.split(","):
         path = TASKS[task].path
         examples = read_examples(path)
         started = time.perf_counter()
-        result = train_lora(host, examples, {"steps": args.steps, "progress": False}, f"task-{task}",
-                            data_digest=file_digest(path), progress=True)
+        result = train_lora(host, examples, options, f"task-{task}", data_digest=file_digest(path), progress=True)
         brick = result.brick
         _, held = split_heldout(examples, 0.2)
         bricks[task], held_sets[task] = brick, encode_all(host.tokenizer, held, 256, "held-out")
@@ -88,24 +103,32 @@ def main() -> None:
             "heldout_ppl_delta_pct": {lab: round(100 * (ppl[lab] / base_ppl[lab] - 1), 3) for lab in base_ppl},
         }
         print(json.dumps({task: out["tasks"][task]}, default=str), file=sys.stderr)
-    names = list(bricks)
-    if len(names) >= 2:
-        a, b = bricks[names[0]], bricks[names[1]]
-        before = {t: brick_loss(host, held_sets[t], []) for t in names[:2]}
-        alone = {t: brick_loss(host, held_sets[t], [bricks[t]]) for t in names[:2]}
-        summed = max(m.rank for m in a.lora.values()) + max(m.rank for m in b.lora.values())
-        for method, params in MERGES:
-            params = {k: (summed // 2 if v == "half" else v) for k, v in params.items()}
-            merged = merge_bricks([a, b], method, {**params, "progress": False}, f"merged-{method.replace('_', '-')}")
-            kept = {t: round((before[t] - brick_loss(host, held_sets[t], [merged])) / (before[t] - alone[t]), 4)
-                    for t in names[:2]}
-            out["merge"][method] = {"params": params, "kept_improvement": kept,
-                                    "max_error": merged.meta.metrics.get("max_error"), "rank": merged.size()}
-        out["merge"]["cat_vs_assembly_max_abs_logit_diff"] = cat_vs_assembly(host, a, b, held_sets[names[0]])
+    for first, second, kind in PAIRS:
+        if first in bricks and second in bricks:
+            pair = [first, second]
+            out["merge"][f"{first}+{second}"] = {"pair": kind, **merge_pair(host, bricks, held_sets, pair)}
+            print(json.dumps({f"{first}+{second}": out["merge"][f"{first}+{second}"]}), file=sys.stderr)
     text = json.dumps(out, indent=2, default=str)
     print(text)
     if args.out:
         Path(args.out).write_text(text)
+
+
+def merge_pair(host, bricks: dict, held_sets: dict, names: list[str]) -> dict:
+    """Each merge method's share of both parents' held-out improvement, and cat vs serving both."""
+    a, b = bricks[names[0]], bricks[names[1]]
+    before = {t: brick_loss(host, held_sets[t], []) for t in names}
+    alone = {t: brick_loss(host, held_sets[t], [bricks[t]]) for t in names}
+    summed = max(m.rank for m in a.lora.values()) + max(m.rank for m in b.lora.values())
+    methods = {}
+    for method, params in MERGES:
+        params = {k: (summed // 2 if v == "half" else v) for k, v in params.items()}
+        merged = merge_bricks([a, b], method, {**params, "progress": False}, f"merged-{method.replace('_', '-')}")
+        kept = {t: round((before[t] - brick_loss(host, held_sets[t], [merged])) / (before[t] - alone[t]), 4)
+                for t in names}
+        methods[method] = {"params": params, "kept_improvement": kept,
+                           "max_error": merged.meta.metrics.get("max_error"), "rank": merged.size()}
+    return {"methods": methods, "cat_vs_assembly_max_abs_logit_diff": cat_vs_assembly(host, a, b, held_sets[names[0]])}
 
 
 def cat_vs_assembly(host, a, b, data) -> float:
