@@ -13,7 +13,7 @@ sends:
 - the json-extract task's held-out chat prompts (never trained on): which brick, and whether the reply is valid
   JSON with the right fields (the task's own metric);
 - the same requests to the `plain` assembly (no bricks; model name `plain`).
-Without --grown/--trained the bricks are made here first (grow 150 steps, ~10 min; train 100 steps, ~8 min).
+Without --grown/--trained the bricks are made here first (grow 150 steps, ~10 min; train --train-steps 60, ~5 min).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bricks.format import load_brick  # noqa: E402
+from bricks.format import load_brick, save_brick  # noqa: E402
 from bricks.ops.data import file_digest, read_examples, read_facts, split_heldout  # noqa: E402
 from bricks.ops.grow import SHIPPED_FACTS, SHIPPED_HELDOUT, wordings  # noqa: E402
 from bricks.ops.tasks import prompt_and_reference, task_metric, task_path  # noqa: E402
@@ -60,6 +60,7 @@ engine:
 server:
   port: {port}
   max_tokens: 64
+  max_prompt_tokens: 512
 """
 
 
@@ -74,7 +75,7 @@ def make_bricks(args, host_spec: str = "smollm2-135m-instruct"):
         heldout=read_facts(SHIPPED_HELDOUT)).brick
     path = task_path("json-extract")
     trained = load_brick(args.trained) if args.trained else train_lora(
-        host, read_examples(path), {"steps": 100}, "json-extract", data_digest=file_digest(path)).brick
+        host, read_examples(path), {"steps": args.train_steps}, "json-extract", data_digest=file_digest(path)).brick
     return grown, trained
 
 
@@ -88,6 +89,7 @@ def main() -> None:
     ap.add_argument("--grown", default=None)
     ap.add_argument("--trained", default=None)
     ap.add_argument("--threshold", type=float, default=0.3)
+    ap.add_argument("--train-steps", type=int, default=60)
     ap.add_argument("--task-prompts", type=int, default=30)
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
@@ -97,6 +99,8 @@ def main() -> None:
 
     grown, trained = make_bricks(args)
     work = Path(tempfile.mkdtemp(prefix="brick-e2e-"))
+    for brick, file in ((grown, "atlas.brick"), (trained, "json-extract.brick")):
+        save_brick(brick, work / file)  # reusable with --grown/--trained
     reg = Registry(work / "registry")
     reg.publish(rename(grown, "atlas"))
     reg.publish(rename(trained, "json-extract"))
