@@ -4,26 +4,8 @@ from __future__ import annotations
 
 import json
 
-import pytest
-from click.testing import CliRunner
-
-from cli.main import cli
-
 FAST = ["--steps", "3", "--layers", "3", "--opt", "memory_docs=1", "--opt", "eval_docs=1",
         "--opt", "memory_tokens=64"]
-
-
-@pytest.fixture
-def run(registry_dir):
-    runner = CliRunner()
-
-    def invoke(*args, code=0):
-        res = runner.invoke(cli, ["--registry", str(registry_dir), *args])
-        assert res.exit_code == code, res.output
-        assert "Traceback" not in res.output
-        return res.stdout if code == 0 else res.output
-
-    return invoke
 
 
 def write_facts(path, rows):

@@ -12,19 +12,6 @@ from cli.main import cli
 
 
 @pytest.fixture
-def run(registry_dir):
-    runner = CliRunner()
-
-    def invoke(*args, code=0):
-        res = runner.invoke(cli, ["--registry", str(registry_dir), *args])
-        assert res.exit_code == code, res.output
-        assert "Traceback" not in res.output
-        return res.stdout if code == 0 else res.output
-
-    return invoke
-
-
-@pytest.fixture
 def brick_file(tmp_path, tiny_host):
     def make(name="lang-fr", layers=None, gain=0.0):
         b = neuron_brick(name, tiny_host.ref, layers or {0: [1, 2, 3], 2: [5]}, gain=gain, method="emergent",

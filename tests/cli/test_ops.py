@@ -5,24 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from click.testing import CliRunner
-
-from cli.main import cli
 
 FAST = ["--steps", "12", "--rank", "4", "--lr", "0.01", "--opt", "batch_size=4"]
-
-
-@pytest.fixture
-def run(registry_dir):
-    runner = CliRunner()
-
-    def invoke(*args, code=0):
-        res = runner.invoke(cli, ["--registry", str(registry_dir), *args])
-        assert res.exit_code == code, res.output
-        assert "Traceback" not in res.output
-        return res.stdout if code == 0 else res.output
-
-    return invoke
 
 
 def write_chat(path, n, word):
