@@ -24,7 +24,8 @@ _TRAIN_FLAGS = (
     click.option("--lr", type=float, default=None, help="Peak learning rate (default 1e-3)."),
     click.option("--seed", type=int, default=None, help="Seed: LoRA init and batch order (default 0)."),
     click.option("--opt", "opts", multiple=True, metavar="KEY=VALUE",
-                 help="Any training option (batch_size, grad_accum, max_len, alpha, dropout, heldout, ...)."),
+                 help="Any training option (batch_size, grad_accum, max_len, alpha, dropout, heldout, "
+                 "locality_weight, locality_corpus, locality_chunks, locality_tokens, ...)."),
 )
 _PUBLISH_FLAGS = (
     click.option("--version", default=None, help="Explicit version to publish (default: the next one)."),
