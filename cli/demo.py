@@ -1,8 +1,10 @@
 """`brick demo`: the main job end to end on the built-in host, in a few minutes on 2 CPU cores.
 
 1. convert/fingerprint SmolLM2 from the packaged GGUF;
-2. extract emergent label bricks (fr, de, code, math; English is checked and reported as general)
-   from the shipped corpora and publish them (skipped when the registry already has them);
+2. extract emergent label bricks from the shipped corpora and publish them as `lang-fr`, `lang-de`,
+   `lang-en`, `code` and `math` (a label the held-out check calls general is reported, not published),
+   plus `steer-fr`, the French brick turned into a steering brick; every version is tagged `stable`.
+   Skipped when the registry already has them. These are the names the README and `manifests/` use;
 3. serve them in vLLM with the gain-table plugin (start-up self-test included) and answer prompts,
    each with the bricks retrieval routing picks, and the same prompts with a brick ablated.
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.table import Table
@@ -19,7 +22,17 @@ from rich.table import Table
 from bricks.constants import DEFAULT_HOST
 from cli.common import ENGINES, BrickCommand, console, open_registry, signed
 
-PREFIX = "emergent"
+if TYPE_CHECKING:
+    from bricks.corpus import Corpus
+    from bricks.host import Host
+    from registry.catalog import VersionInfo
+    from registry.registry import Registry
+
+# The demo's brick per corpus label: what the README's next steps and every manifest in manifests/ name.
+DEMO_NAMES = {"fr": "lang-fr", "de": "lang-de", "en": "lang-en", "code": "code", "math": "math"}
+STEER_NAME = "steer-fr"  # lang-fr's neurons at gain 1, offset = their mean on French - their mean on English
+STEER_TARGET = "fr"
+DEMO_TAG = "stable"  # on every version the demo publishes, so `name@stable` resolves on a fresh registry
 PROMPTS = [
     ("Écris deux phrases sur la ville de Paris.", "fr"),
     ("Schreibe zwei Sätze über die Stadt Berlin.", "de"),
@@ -47,27 +60,66 @@ def demo_cmd(ctx: click.Context, engine: str, max_tokens: int) -> None:
     asyncio.run(_serve(reg, host, bricks, engine, max_tokens))
 
 
-def _ensure_bricks(reg, host) -> list[str]:
+def publish_demo_bricks(reg: Registry, host: Host, corpus: Corpus | None = None,
+                        **options: Any) -> list[VersionInfo]:
+    """The demo's publishing step: emergent label bricks under their `DEMO_NAMES`, then `STEER_NAME`.
+
+    Extracts from `corpus` (default: the shipped corpora) with the emergent extractor's `options`;
+    candidates its held-out check rejects are printed and not published. Every version is tagged DEMO_TAG.
+    """
     from bricks.corpus import load_corpus
     from bricks.extract import get_extractor
 
-    have = [n for n in reg.names() if n.startswith(f"{PREFIX}-")]
-    mine = [n for n in have if reg.resolve(n).host_fingerprint == host.ref.fingerprint]
-    if not mine:
-        result = get_extractor("emergent").run(host, load_corpus("builtin"), name=PREFIX)
-        for b in result.bricks:
-            reg.publish(b)
-        for cand, why in result.skipped.items():
-            console.print(f"  [yellow]{cand} not published[/yellow]: {why}")
-        mine = [b.name for b in result.bricks]
-    t = Table("brick", "neurons", "held-out own ΔPPL%", "mean other ΔPPL%")
-    for name in sorted(mine):
+    result = get_extractor("emergent").run(host, corpus or load_corpus("builtin"), name="emergent", **options)
+    for cand, why in result.skipped.items():
+        console.print(f"  [yellow]{cand} not published[/yellow]: {why}")
+    published = []
+    for brick in result.bricks:
+        brick.meta.name = DEMO_NAMES.get(brick.meta.routing.label, brick.meta.name)
+        info = reg.publish(brick, tags=[DEMO_TAG])
+        published.append(info)
+        if brick.meta.routing.label == STEER_TARGET:
+            published += _publish_steering(reg, brick, info, result.report["params"]["dominant"])
+    return published
+
+
+def _publish_steering(reg: Registry, brick, parent: VersionInfo, dominant: str) -> list[VersionInfo]:
+    """STEER_NAME from the French brick (form diff, k = 1), with the French brick as its parent."""
+    from bricks.steer import steering_variant
+
+    if dominant not in brick.meta.labels:
+        console.print(f"  [yellow]{STEER_NAME} not published[/yellow]: the corpus has no {dominant} text to "
+                      "steer away from")
+        return []
+    steer = steering_variant(brick, STEER_TARGET, form="diff", k=1.0, dominant=dominant)
+    steer.meta.name = STEER_NAME
+    steer.meta.description = (f"steers toward {STEER_TARGET}: {parent.name}'s neurons at gain 1, offset = their "
+                              f"mean on {STEER_TARGET} - their mean on {dominant}; offset_scale sets the strength")
+    steer.meta.metrics.pop("held_out", None)  # those figures measure ablating the parent, not this brick
+    info = reg.publish(steer, parents=[parent.ref], operation="steer", op_params=steer.meta.params["steering"],
+                       tags=[DEMO_TAG])
+    return [info]
+
+
+def _ensure_bricks(reg, host) -> list[str]:
+    """The demo's label bricks for this host, published first if the registry has none of them."""
+    if not _demo_bricks(reg, host):
+        publish_demo_bricks(reg, host)
+    mine = _demo_bricks(reg, host)
+    t = Table("brick", "tags", "neurons", "held-out own ΔPPL%", "mean other ΔPPL%")
+    shown = mine + ([STEER_NAME] if STEER_NAME in reg.names() else [])
+    for name in shown:
         v = reg.resolve(name)
         m = v.meta.metrics.get("held_out", {})
-        t.add_row(v.ref, str(v.meta.params.get("size", "")),
+        t.add_row(v.ref, ", ".join(reg.tags(name)), str(v.meta.params.get("size", "")),
                   signed(m.get("own")), signed(m.get("mean_other")))
     console.print(t)
-    return sorted(mine)
+    return mine
+
+
+def _demo_bricks(reg, host) -> list[str]:
+    have = set(reg.names())
+    return [n for n in DEMO_NAMES.values() if n in have and reg.resolve(n).host_fingerprint == host.ref.fingerprint]
 
 
 async def _serve(reg, host, bricks: list[str], engine: str, max_tokens: int) -> None:
@@ -93,7 +145,7 @@ async def _serve(reg, host, bricks: list[str], engine: str, max_tokens: int) -> 
         for prompt, label in PROMPTS:
             ids = svc.tokenize_chat([{"role": "user", "content": prompt}])
             decision, routed = svc.plan(prompt)
-            own = next((b for b in bricks if b.endswith(f"-{label}")), None)
+            own = DEMO_NAMES[label] if DEMO_NAMES[label] in bricks else None
             _, ablated = svc.plan(prompt, [{"ref": own, "gain": 0.0}] if own else None)
             plain = svc.cache.get([])
             jobs.append((prompt, decision, ids, {"plain host": plain, "routed, gain 1.5": routed,
