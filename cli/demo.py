@@ -102,12 +102,17 @@ def _publish_steering(reg: Registry, brick, parent: VersionInfo, dominant: str) 
 
 
 def _ensure_bricks(reg, host) -> list[str]:
-    """The demo's label bricks for this host, published first if the registry has none of them."""
-    if not _demo_bricks(reg, host):
+    """The demo's label bricks for this host, published first if any brick the manifests need is missing.
+
+    English is the dominant language: the held-out check may call its brick general, and then it is never
+    published, so its absence alone does not re-run the extraction."""
+    missing = [n for n in [*DEMO_NAMES.values(), STEER_NAME] if n != DEMO_NAMES["en"] and not _on_host(reg, host, n)]
+    if missing:
+        console.print(f"publishing the demo's bricks ({', '.join(missing)} not in the registry yet)")
         publish_demo_bricks(reg, host)
-    mine = _demo_bricks(reg, host)
+    mine = [n for n in DEMO_NAMES.values() if _on_host(reg, host, n)]
     t = Table("brick", "tags", "neurons", "held-out own ΔPPL%", "mean other ΔPPL%")
-    shown = mine + ([STEER_NAME] if STEER_NAME in reg.names() else [])
+    shown = mine + ([STEER_NAME] if _on_host(reg, host, STEER_NAME) else [])
     for name in shown:
         v = reg.resolve(name)
         m = v.meta.metrics.get("held_out", {})
@@ -117,9 +122,9 @@ def _ensure_bricks(reg, host) -> list[str]:
     return mine
 
 
-def _demo_bricks(reg, host) -> list[str]:
-    have = set(reg.names())
-    return [n for n in DEMO_NAMES.values() if n in have and reg.resolve(n).host_fingerprint == host.ref.fingerprint]
+def _on_host(reg, host, name: str) -> bool:
+    """Whether the registry has `name` and its newest version was made on this host."""
+    return name in reg.names() and reg.resolve(name).host_fingerprint == host.ref.fingerprint
 
 
 async def _serve(reg, host, bricks: list[str], engine: str, max_tokens: int) -> None:

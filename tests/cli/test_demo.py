@@ -34,6 +34,15 @@ def test_publishes_the_demo_names_tagged(demo_registry):
     assert [p["name"] for p in reg.lineage(STEER_NAME)["parents"]] == ["lang-fr"]
 
 
+def test_a_second_demo_run_publishes_nothing(demo_registry, tiny_host, monkeypatch):
+    import cli.demo
+
+    reg, _ = demo_registry
+    monkeypatch.setattr(cli.demo, "publish_demo_bricks", lambda *a, **k: pytest.fail("published again"))
+    assert cli.demo._ensure_bricks(reg, tiny_host) == list(DEMO_NAMES.values())
+    assert all(reg.versions(name) == ["1.0.0"] for name in [*DEMO_NAMES.values(), STEER_NAME])
+
+
 def test_there_are_manifests():
     assert len(MANIFESTS) >= 3
 
