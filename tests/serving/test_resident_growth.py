@@ -107,9 +107,8 @@ def _gated_logits(model, lay, built, ids, monkeypatch):
 
     table = vm.GainTable(4, len(model.model.layers), lay.d_ff + lay.reserved, "cpu", gated=lay.gated)
     row = table.acquire(built.id, str(built.row_path)) if built.row_path else 0
-    table.request_rows = torch.tensor([row])
+    table.fill_token_rows([row], [0, ids.shape[1]])
     monkeypatch.setitem(vm._TABLE, "active", table)
-    monkeypatch.setattr(vm, "_query_start_loc", lambda: torch.tensor([0, ids.shape[1]]))
 
     def hook(layer):
         def pre(module, args):

@@ -1,0 +1,138 @@
+"""The gain table: per-assembly rows of (gain, offset) per layer x FFN neuron, and the per-token row index
+that the FFN op reads. Pure torch + numpy (no vLLM): the vLLM plugin (serving/vllm_model.py), the GPU
+check (bench/gpu_check.py) and the tests share it.
+
+    h[t] <- h[t] * G[token_rows[t], layer] + O[token_rows[t], layer]      for t < h.shape[0]
+
+- Rows: G, O are [max_rows, n_layers, width] on the model's device. Row 0 is the identity, except on the
+  gated columns (the slots of resident growth bricks, engine.growth_path: gain_table), where every row's
+  default gain is 0: a request whose assembly does not route a resident brick gets an exactly zero
+  contribution from it. Rows are filled from assembly row files on first use and recycled LRU, never
+  while a running request uses them (reference counts).
+- Token rows: capture-safe the way vLLM's own LoRA is (read from vLLM 0.32: PunicaWrapperBase in
+  lora/punica_wrapper/punica_base.py, LoRAKernelMeta in lora/ops/triton_ops/lora_kernel_metadata.py):
+  ONE persistent device tensor sized for the largest batch (max_num_batched_tokens), filled in place
+  before every forward, outside the model and outside any CUDA graph (`fill_token_rows`). The op body
+  (`neuron_affine`) has no branches, no host reads and no data-dependent shapes, so a CUDA graph captured
+  with it replays the affine with whatever the buffer and the table hold at replay time. Tokens past the
+  batch (CUDA-graph padding) read row 0: after every fill, `token_rows[n:]` is all zeros.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+DEFAULT_MAX_TOKENS = 8192
+
+
+class RowsExhausted(RuntimeError):
+    pass
+
+
+class GainTable:
+    def __init__(self, max_rows: int, n_layers: int, width: int, device, dtype=torch.float32,
+                 gated: tuple[int, int] | None = None, max_tokens: int = DEFAULT_MAX_TOKENS):
+        self.gain = torch.ones(max_rows, n_layers, width, device=device, dtype=dtype)
+        self.offset = torch.zeros(max_rows, n_layers, width, device=device, dtype=dtype)
+        self.width = width
+        self.gated = tuple(gated) if gated else None  # FFN columns [first, end) whose default gain is 0
+        if self.gated:
+            self.gain[:, :, slice(*self.gated)] = 0.0
+        self._rows: OrderedDict[str, int] = OrderedDict()  # assembly id -> row, LRU order
+        self._refs = [0] * max_rows
+        self._free = list(range(max_rows - 1, 0, -1))
+        self._lock = threading.Lock()
+        self.loads = 0
+        # The persistent per-token row index (what the op reads) and how much of it the last fill wrote:
+        # token_rows[filled:] is always zero, so each fill only clears what the previous one left.
+        self.token_rows = torch.zeros(max_tokens, dtype=torch.long, device=device)
+        self._filled = 0
+        self._pin = self.token_rows.device.type == "cuda"
+        # V1 runner only: the row of each persistent-batch slot, kept by serving.vllm_model.BrickRowTracker.
+        self.request_rows = np.zeros(0, dtype=np.int64)
+
+    # --- rows ----------------------------------------------------------------------------------------
+    def acquire(self, aid: str | None, path: str | None) -> int:
+        if not aid:
+            return 0
+        with self._lock:
+            row = self._rows.get(aid)
+            if row is None:
+                row = self._take_row()
+                self._fill(row, path)
+                self._rows[aid] = row
+            self._rows.move_to_end(aid)
+            self._refs[row] += 1
+            return row
+
+    def release(self, row: int) -> None:
+        if row:
+            with self._lock:
+                self._refs[row] = max(0, self._refs[row] - 1)
+
+    def _take_row(self) -> int:
+        if self._free:
+            return self._free.pop()
+        for aid, row in self._rows.items():  # least recently used first
+            if self._refs[row] == 0:
+                del self._rows[aid]
+                return row
+        raise RowsExhausted("every gain-table row is in use by a running request; raise engine.max_assemblies")
+
+    def _fill(self, row: int, path: str | None) -> None:
+        from safetensors.torch import load_file
+
+        t = load_file(path)
+        self.write_row(row, t["gain"], t["offset"])
+        self.loads += 1
+
+    def write_row(self, row: int, gain: torch.Tensor, offset: torch.Tensor) -> None:
+        """Set one row in place from [n_layers, w] gains and offsets (w <= width; the rest is the default).
+        In place, so a captured CUDA graph reads the new values; the caller guarantees no running request
+        uses the row (acquire recycles only rows with no references)."""
+        w = gain.shape[1]
+        self.gain[row].fill_(1.0)
+        if self.gated:
+            self.gain[row, :, slice(*self.gated)] = 0.0
+        self.offset[row].zero_()
+        self.gain[row, :, :w].copy_(gain)
+        self.offset[row, :, :w].copy_(offset)
+
+    # --- per-token rows ------------------------------------------------------------------------------
+    def fill_token_rows(self, request_rows: Sequence[int] | np.ndarray, query_start_loc: Sequence[int] | np.ndarray,
+                        ) -> None:
+        """Write this step's per-token rows into the persistent buffer, before the forward and outside any
+        graph. `request_rows[i]` is the row of the batch's i-th request, whose tokens are
+        query_start_loc[i]:query_start_loc[i+1] (host arrays: the runners keep both on the host, so
+        nothing here reads the device). Tokens past the batch read row 0."""
+        qsl = np.asarray(query_start_loc, dtype=np.int64)
+        num_reqs = len(qsl) - 1
+        rows = np.zeros(num_reqs, dtype=np.int64)
+        given = np.asarray(request_rows, dtype=np.int64)[:num_reqs]
+        rows[: len(given)] = given
+        per_token = np.repeat(rows, np.diff(qsl))
+        n = len(per_token)
+        if n > self.token_rows.shape[0]:
+            raise ValueError(f"{n} tokens in one step, but the gain table's token buffer holds "
+                             f"{self.token_rows.shape[0]} (max_num_batched_tokens)")
+        if n:
+            host = torch.from_numpy(per_token)
+            if self._pin:  # a fresh pinned block per step: the caching host allocator keeps it alive until
+                host = host.pin_memory()  # the async copy has run, so the next fill cannot overwrite it
+            self.token_rows[:n].copy_(host, non_blocking=self._pin)
+        if self._filled > n:
+            self.token_rows[n : self._filled].zero_()
+        self._filled = n
+
+
+def neuron_affine(table: GainTable, h: torch.Tensor, layer: int) -> None:
+    """The op body: h (tokens x width) <- h * G[row, layer] + O[row, layer], each token on its row.
+    No branches, no host reads, no shapes that depend on values: safe inside a CUDA graph."""
+    rows = table.token_rows[: h.shape[0]]
+    h.mul_(torch.index_select(table.gain[:, layer], 0, rows))
+    h.add_(torch.index_select(table.offset[:, layer], 0, rows))
