@@ -21,13 +21,21 @@ Two pairs are reported:
   lowercase bullets, json-extract wants one line of JSON for its prompts, so merged the two deltas pull the
   same tokens different ways and neither can keep all of its improvement (json-extract loses most). Low
   retention here measures the conflict, not the merge method.
+Update (`--update-task`, default style: the task whose loss is furthest from zero, so more data can still
+help): its examples are split in two halves by a hash of each record (salted, so unrelated to the held-out
+split); v1 is trained on half A, v2 continues v1 on half B (`train_lora(..., parent=v1)`, what `brick update`
+runs). Reported: the held-out loss of half B under the plain host, v1 and v2 (the target: v2 < v1), half A's
+held-out loss under v1 and v2 (what the update forgets), and v2's lineage fields (parent, data digest,
+parameters, seed).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -46,6 +54,7 @@ from bricks.ops.tasks import TASKS, prompt_and_reference, task_metric  # noqa: E
 from bricks.ops.train import brick_loss, encode_all, train_lora  # noqa: E402
 from bricks.profile import chunk_corpus  # noqa: E402
 from bricks.steer.generation import generate_chat  # noqa: E402
+from registry import Registry  # noqa: E402
 
 PAIRS = [("json-extract", "span-qa", "compatible"), ("json-extract", "style", "conflicting")]
 DEFAULT_TASKS = "json-extract,style,span-qa"
@@ -77,6 +86,8 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--lr", type=float, default=None, help="training lr (default: TrainOptions')")
     ap.add_argument("--locality-weight", type=float, default=None, help="default: TrainOptions'")
+    ap.add_argument("--update-task", default="style", help="task for the update check ('' skips it)")
+    ap.add_argument("--update-steps", type=int, default=None, help="steps for v1 and for v2 (default: --steps/2)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     torch.set_num_threads(2)
@@ -108,10 +119,43 @@ def main() -> None:
             pair = [first, second]
             out["merge"][f"{first}+{second}"] = {"pair": kind, **merge_pair(host, bricks, held_sets, pair)}
             print(json.dumps({f"{first}+{second}": out["merge"][f"{first}+{second}"]}), file=sys.stderr)
+    if args.update_task:
+        steps = args.update_steps or max(1, args.steps // 2)
+        out["update"] = update_check(host, args.update_task, {**options, "steps": steps})
+        print(json.dumps({"update": out["update"]}, default=str), file=sys.stderr)
     text = json.dumps(out, indent=2, default=str)
     print(text)
     if args.out:
         Path(args.out).write_text(text)
+
+
+def update_check(host, task: str, options: dict) -> dict:
+    """v1 on half A of the task's examples, v2 = v1 continued on half B; held-out losses of both halves."""
+    examples = read_examples(TASKS[task].path)
+    half_b, half_a = split_heldout(examples, 0.5, key=lambda e: "update-half:" + e.model_dump_json())
+    digest = {h: hashlib.sha256("\n".join(e.model_dump_json() for e in part).encode()).hexdigest()
+              for h, part in (("a", half_a), ("b", half_b))}
+    v1 = train_lora(host, half_a, options, f"update-{task}", data_digest=digest["a"], progress=True).brick
+    v2 = train_lora(host, half_b, options, f"update-{task}", data_digest=digest["b"], parent=v1, progress=True).brick
+    with tempfile.TemporaryDirectory() as root:  # published as `brick update` does, to read the lineage back
+        reg = Registry(root)
+        first = reg.publish(v1, operation="train", op_params={"data_digest": digest["a"]})
+        second = reg.publish(v2, parents=[first.ref], operation="update",
+                             op_params={"data_digest": digest["b"], **v2.meta.params})
+        lineage = {"version": second.ref, **reg.lineage(second.ref)}
+    held = {h: encode_all(host.tokenizer, split_heldout(part, 0.2)[1], 256, "held-out")
+            for h, part in (("a", half_a), ("b", half_b))}
+    losses = {h: {"plain": brick_loss(host, data, []), "v1": brick_loss(host, data, [v1]),
+                  "v2": brick_loss(host, data, [v2])} for h, data in held.items()}
+    return {
+        "task": task, "n_half_a": len(half_a), "n_half_b": len(half_b),
+        "heldout_loss_new_data_b": {k: round(v, 5) for k, v in losses["b"].items()},
+        "heldout_loss_old_data_a": {k: round(v, 5) for k, v in losses["a"].items()},
+        "v2_improves_on_new_data": losses["b"]["v2"] < losses["b"]["v1"],
+        "v2_metrics": {k: v2.meta.metrics.get(k) for k in ("heldout_loss_before", "heldout_loss_after",
+                                                           "tokens_per_s", "resumed_from_step")},
+        "v2_lineage": lineage,
+    }
 
 
 def merge_pair(host, bricks: dict, held_sets: dict, names: list[str]) -> dict:
