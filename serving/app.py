@@ -4,7 +4,16 @@ Endpoints: POST /v1/chat/completions, POST /v1/completions (both with SSE stream
 GET /v1/bricks, GET /health, GET /metrics (Prometheus). Extension: a request may carry
 `"bricks": ["lang-fr@1", {"ref": "rare", "gain": 1.5}]`; every response says which bricks ran
 (`brickwork` field and the `X-Brick-Assembly` header). Errors are JSON `{"error": {...}}` with the
-status of the BrickError (404 unknown brick, 409 other host, 422 bad request, 401 bad key).
+status of the BrickError (404 unknown brick, 409 other host, 422 bad request), 401 for a missing or wrong key
+and 413 for a body above server.max_body_bytes.
+
+Limits, cheapest first, so that no request costs much before it is refused: the key and the body's size
+before the body is read; field sizes (message count, stop strings, brick refs, max_tokens) when it is
+parsed; the prompt's length in characters before it is tokenized (a text longer than max_prompt_tokens
+times the host's longest token cannot fit); its length in tokens before anything runs.
+
+With server.api_key_env set, every route needs `Authorization: Bearer <key>` except `GET /health`, which
+answers `{"status": "ok"}` to anyone and its details only with the key. No route changes the registry.
 """
 
 from __future__ import annotations
@@ -14,38 +23,69 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from bricks.errors import BrickError
+from bricks.errors import BrickError, InvalidInputError
 from serving.engine import GenRequest
 from serving.service import BrickService
+
+# Fixed sizes of the small fields (prompt text is bounded by server.max_prompt_tokens, the whole body by
+# server.max_body_bytes, the message count by server.max_messages).
+MAX_NAME_CHARS = 256  # a model name, a brick ref, one stop string
+MAX_STOPS = 4  # as OpenAI
+MAX_REQUEST_BRICKS = 64
+
+
+def _no_lone_surrogates(text: str) -> str:
+    # JSON may carry "\ud800", which Python keeps as an unpaired surrogate; no tokenizer or UTF-8 encoder takes it
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("holds an unpaired UTF-16 surrogate (\\ud800-\\udfff); send valid Unicode text") from None
+    return text
+
+
+Text = Annotated[str, AfterValidator(_no_lone_surrogates)]
+Name = Annotated[Text, Field(max_length=MAX_NAME_CHARS)]
+
+
+def _check_request_bricks(items: list[Any]) -> list[Any]:
+    """Sizes only; the router checks the grammar and the fields (one message for refs everywhere)."""
+    for item in items:
+        ref = item.get("ref") if isinstance(item, dict) else item
+        if isinstance(ref, str) and len(ref) > MAX_NAME_CHARS:
+            raise ValueError(f"a brick ref is {len(ref)} characters; refs are at most {MAX_NAME_CHARS}")
+        if isinstance(item, dict) and len(item) > 8:
+            raise ValueError("a request brick has at most the fields ref, gain and offset_scale")
+    return items
 
 
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="allow")
     role: Literal["system", "user", "assistant", "tool", "developer"]
-    content: str
+    content: Text
 
 
 class _Common(BaseModel):
     model_config = ConfigDict(extra="ignore")  # OpenAI clients send many optional fields
-    model: str | None = None
+    model: Name | None = None
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
     temperature: float = Field(1.0, ge=0, le=2)
     top_p: float = Field(1.0, gt=0, le=1)
-    seed: int | None = None
+    seed: int | None = Field(None, ge=0, le=2**63 - 1)  # what torch and vLLM generators take
     stream: bool = False
-    stop: str | list[str] | None = None
+    stop: Name | Annotated[list[Name], Field(max_length=MAX_STOPS)] | None = None
     n: int = Field(1, ge=1, le=1)
-    bricks: list[str | dict[str, Any]] | None = None
+    bricks: Annotated[list[Name | dict[str, Any]], Field(max_length=MAX_REQUEST_BRICKS),
+                      AfterValidator(_check_request_bricks)] | None = None
 
     def stops(self) -> list[str]:
         return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
@@ -56,7 +96,7 @@ class ChatRequest(_Common):
 
 
 class CompletionRequest(_Common):
-    prompt: str
+    prompt: Text
 
 
 def _error(status: int, message: str, kind: str) -> JSONResponse:
@@ -89,17 +129,12 @@ class _Prom:
 
 
 def create_app(service: BrickService) -> FastAPI:
+    """The app over `service`. Every route only reads: nothing here publishes, tags or removes bricks."""
     app = FastAPI(title="brickwork", version="0.1.0")
     prom = _Prom(service)
     api_key = service.manifest.server.api_key()
 
-    @app.middleware("http")
-    async def auth(request: Request, call_next):
-        if api_key and request.url.path.startswith("/v1/"):
-            given = request.headers.get("authorization", "")
-            if not hmac.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
-                return _error(401, "missing or wrong API key", "authentication_error")
-        return await call_next(request)
+    app.add_middleware(_Gate, api_key=api_key, max_body_bytes=service.manifest.server.max_body_bytes)
 
     @app.exception_handler(BrickError)
     async def brick_error(request: Request, exc: BrickError):
@@ -113,7 +148,9 @@ def create_app(service: BrickService) -> FastAPI:
         return _error(422, f"malformed request: {problems}", "invalid_request_error")
 
     @app.get("/health")
-    async def health():
+    async def health(request: Request):
+        if not _key_matches(api_key, request.headers.get("authorization")):
+            return {"status": "ok"}  # liveness for anyone; the details need the key
         return {"status": "ok", "engine": service.engine.name, "host": service.host.ref.name,
                 "self_test": service.self_test_report}
 
@@ -138,7 +175,7 @@ def create_app(service: BrickService) -> FastAPI:
         return PlainTextResponse(generate_latest(prom.registry).decode(), media_type="text/plain; version=0.0.4")
 
     async def run(req: _Common, ids: list[int], prompt_text: str, kind: str):
-        max_tokens = req.max_completion_tokens or req.max_tokens or min(256, service.manifest.server.max_tokens)
+        max_tokens = _max_tokens(req, service)
         service.check_limits(len(ids), max_tokens)
         misses = service.cache.stats.misses
         decision, built = service.plan(prompt_text, req.bricks, req.model)
@@ -168,6 +205,7 @@ def create_app(service: BrickService) -> FastAPI:
 
     @app.post("/v1/chat/completions")
     async def chat(req: ChatRequest):
+        _check_sizes(req, service)
         messages = [m.model_dump() for m in req.messages]
         ids = service.tokenize_chat(messages)
         last_user = next((m.content for m in reversed(req.messages) if m.role == "user"), req.messages[-1].content)
@@ -175,9 +213,71 @@ def create_app(service: BrickService) -> FastAPI:
 
     @app.post("/v1/completions")
     async def completions(req: CompletionRequest):
+        _check_sizes(req, service)
         return await run(req, service.tokenize(req.prompt), req.prompt, "completion")
 
     return app
+
+
+def _max_tokens(req: _Common, service: BrickService) -> int:
+    return req.max_completion_tokens or req.max_tokens or min(256, service.manifest.server.max_tokens)
+
+
+def _check_sizes(req: _Common, service: BrickService) -> None:
+    """The cheap checks, before any tokenizing (the prompt is then checked by characters, then by tokens)."""
+    service.check_limits(0, _max_tokens(req, service))
+    most = service.manifest.server.max_messages
+    if isinstance(req, ChatRequest) and len(req.messages) > most:
+        raise InvalidInputError(f"the request has {len(req.messages)} messages; this server takes at most {most} "
+                                "(server.max_messages)", "send fewer messages")
+
+
+def _key_matches(api_key: str | None, authorization: str | bytes | None) -> bool:
+    """Whether the Authorization header carries the key (always true when the server has none)."""
+    if not api_key:
+        return True
+    given = authorization.encode("latin-1") if isinstance(authorization, str) else (authorization or b"")
+    return hmac.compare_digest(given, f"Bearer {api_key}".encode())
+
+
+class _Gate:
+    """What is checked before a request's body is read: the API key (every path but /health, which then
+    answers its status only), then the body's size. A body above max_body_bytes gets 413 as soon as its
+    Content-Length says so, or once that many bytes of a chunked body have come, never parsed."""
+
+    def __init__(self, app, api_key: str | None, max_body_bytes: int):
+        self.app, self.api_key, self.max_body = app, api_key, max_body_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = dict(scope["headers"])
+        if scope["path"] != "/health" and not _key_matches(self.api_key, headers.get(b"authorization")):
+            return await _error(401, "missing or wrong API key; send the header Authorization: Bearer <key>",
+                                "authentication_error")(scope, receive, send)
+        length = headers.get(b"content-length", b"0")
+        if length.isdigit() and int(length) > self.max_body:
+            return await self._too_large(f"{int(length)} bytes")(scope, receive, send)
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":  # the client left
+                return
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.max_body:
+                return await self._too_large(f"more than {self.max_body} bytes")(scope, receive, send)
+            more = message.get("more_body", False)
+        body = [{"type": "http.request", "body": b"".join(chunks), "more_body": False}]
+
+        async def replay():
+            return body.pop() if body else await receive()
+
+        await self.app(scope, replay, send)
+
+    def _too_large(self, size: str) -> JSONResponse:
+        return _error(413, f"request body is {size}; this server accepts at most {self.max_body} "
+                      "(server.max_body_bytes)", "invalid_request_error")
 
 
 async def _sse(service, prom, gen, built, rid, model, kind, info, n_prompt) -> AsyncIterator[bytes]:

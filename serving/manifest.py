@@ -169,6 +169,9 @@ class ServerConfig(Section):
         None, description="name of the environment variable holding the API key; null: no auth")
     max_tokens: int = Field(512, ge=1, description="most tokens generated per request")
     max_prompt_tokens: int = Field(1536, ge=1, description="longest prompt accepted, in tokens")
+    max_body_bytes: int = Field(1 << 20, ge=1024, le=1 << 30, description="largest request body accepted, in "
+                                "bytes; a larger one is refused with 413 before it is read in full or parsed")
+    max_messages: int = Field(256, ge=1, le=100_000, description="most messages in one chat request")
 
     def api_key(self) -> str | None:
         """The API key from the environment, or None when the server runs without auth."""

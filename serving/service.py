@@ -157,6 +157,7 @@ class BrickService:
         return decision, self.cache.get(decision.choices)
 
     def tokenize_chat(self, messages: list[dict]) -> list[int]:
+        self._check_prompt_chars(sum(len(m.get("content") or "") for m in messages))
         tok = self.host.tokenizer
         try:
             return list(tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
@@ -166,7 +167,25 @@ class BrickService:
                                     "send [{'role': 'user', 'content': '...'}, ...]") from None
 
     def tokenize(self, text: str) -> list[int]:
+        self._check_prompt_chars(len(text))
         return list(self.host.tokenizer(text).input_ids)
+
+    @functools.cached_property
+    def longest_token(self) -> int:
+        """Characters in the host's longest token, special tokens included. Byte-level BPE writes a token with
+        one character per byte and SentencePiece with one per character (more for byte fallback), so a text
+        of n characters is at least n / longest_token tokens, whatever it holds."""
+        tok = self.host.tokenizer
+        return max((len(t) for t in tok.convert_ids_to_tokens(list(range(len(tok)))) if t), default=1)
+
+    def _check_prompt_chars(self, n_chars: int) -> None:
+        """Refuse, before tokenizing, a text too long to fit max_prompt_tokens whatever it holds: tokenizing
+        costs CPU in proportion to the text (a 20 MB prompt took ~15 s), and the answer is known up front."""
+        limit = self.manifest.server.max_prompt_tokens
+        if n_chars > limit * self.longest_token:
+            raise InvalidInputError(f"prompt is {n_chars} characters, more than {limit} tokens can hold (no "
+                                    f"token of this host is longer than {self.longest_token} characters); "
+                                    f"the limit is {limit} tokens", "shorten the prompt")
 
     def check_limits(self, n_prompt: int, max_tokens: int) -> None:
         s = self.manifest.server

@@ -93,7 +93,8 @@ def test_models_bricks_health_metrics(base_url):
     listed = httpx.get(f"{base_url}/v1/bricks", headers=h).json()["data"]
     kinds = {b["resolved"].split("@")[0]: b["kind"] for b in listed}
     assert kinds["lora"] == "lora" and kinds["grow"] == "growth"
-    text = httpx.get(f"{base_url}/metrics").text
+    assert httpx.get(f"{base_url}/metrics").status_code == 401  # with a key configured, metrics need it
+    text = httpx.get(f"{base_url}/metrics", headers=h).text
     assert "brick_assembly_cache_total" in text and "brick_requests_total" in text
 
 
