@@ -4,12 +4,13 @@ from bricks.refs import BrickRef, Version, parse_ref, parse_version
 
 from .catalog import TagEvent, VersionInfo
 from .registry import Registry, VerifyProblem, default_registry_path
-from .store import CorruptBlobError
+from .store import CorruptBlobError, RegistryFullError
 
 __all__ = [
     "BrickRef",
     "CorruptBlobError",
     "Registry",
+    "RegistryFullError",
     "TagEvent",
     "VerifyProblem",
     "Version",

@@ -156,7 +156,7 @@ def import_archive(catalog: Catalog, store: BlobStore, path: Path) -> list[Versi
         # Checks and inserts share the write lock, so no publisher can slip a conflicting version in.
         added = [v for v in index.versions if _should_add(conn, v)]
         for digest in sorted({v.digest for v in added}):
-            store.put(blobs[digest])
+            store.put(blobs[digest], f"a brick from {path.name}")
         infos = [_insert(conn, v) for v in added]
         _apply_edges_and_tags(conn, index)
     return infos

@@ -9,6 +9,7 @@ The schema is versioned with ``PRAGMA user_version``; `MIGRATIONS[i]` upgrades f
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -22,7 +23,10 @@ from bricks.errors import ConflictError
 from bricks.format import BrickMeta
 from bricks.refs import Version
 
+from .store import RegistryFullError
+
 BUSY_TIMEOUT_S = 30.0
+NEARLY_FULL_BYTES = 1 << 20
 
 _SCHEMA_V1 = """
 CREATE TABLE bricks (
@@ -144,8 +148,24 @@ class Catalog:
                 _migrate(conn)
                 self._ready = True
             yield conn
+        except sqlite3.OperationalError as e:
+            if not self._out_of_room(e):
+                raise
+            raise RegistryFullError(f"no room in {self.path.parent} for the registry catalog ({e}); "
+                                    "nothing was recorded", "free space on that file system and retry") from None
         finally:
             conn.close()
+
+    def _out_of_room(self, e: sqlite3.OperationalError) -> bool:
+        """SQLITE_FULL, or an I/O error on a file system with almost no room left: the last connection to close
+        deletes the WAL and its index, so on a full disk the next one cannot even create them to read."""
+        code = e.sqlite_errorcode & 0xFF
+        if code == sqlite3.SQLITE_FULL:
+            return True
+        if code != sqlite3.SQLITE_IOERR:
+            return False
+        fs = os.statvfs(self.path.parent)
+        return fs.f_bavail * fs.f_frsize < NEARLY_FULL_BYTES
 
     @contextmanager
     def write(self) -> Iterator[sqlite3.Connection]:
@@ -154,10 +174,13 @@ class Catalog:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 yield conn
+                conn.execute("COMMIT")
             except BaseException:
-                conn.execute("ROLLBACK")
+                # SQLite has already rolled back after some errors (a full disk among them); a second
+                # ROLLBACK would raise "no transaction is active" and hide the real error.
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
                 raise
-            conn.execute("COMMIT")
 
     @contextmanager
     def read(self) -> Iterator[sqlite3.Connection]:
@@ -167,7 +190,8 @@ class Catalog:
             try:
                 yield conn
             finally:
-                conn.execute("ROLLBACK")
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
 
 
 def _set_wal(conn: sqlite3.Connection) -> None:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import difflib
 import os
 import sqlite3
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -41,13 +40,10 @@ from bricks.refs import (
 from . import catalog as cat
 from .archive import archive_index, import_archive, write_archive
 from .catalog import Catalog, TagEvent, VersionInfo
+from .faults import fault_point
 from .store import BlobStore, age_seconds
 
 ENV_VAR = "BRICK_REGISTRY"
-# Test hooks (crash-safety tests only): seconds to sleep at the two points where a kill matters most.
-# Unset, they cost one environment lookup per publish.
-TEST_DELAY_AFTER_BLOB = "BRICK_REGISTRY_TEST_DELAY"  # blob written, transaction not yet begun
-TEST_DELAY_IN_TXN = "BRICK_REGISTRY_TEST_DELAY_TXN"  # version row inserted, lineage and tags not yet
 
 # Aliases keep `list` in annotations meaning the builtin inside `Registry`, which has a `list` method.
 VersionList = list[VersionInfo]
@@ -115,11 +111,12 @@ class Registry:
         check_bump(bump)
         tags = [check_tag(t) for t in tags]
         parent_refs = [parse_ref(p) for p in parents]
-        digest = self.store.put(data)
-        _test_pause(TEST_DELAY_AFTER_BLOB)
+        what = f"a version of {brick.meta.name}"
+        digest = self.store.put(data, what)
+        fault_point("blob-written")
         with self.catalog.write() as conn:
             # gc holds this same lock while deleting, so from here on the blob cannot vanish.
-            self.store.ensure(digest, data)
+            self.store.ensure(digest, data, what)
             cat.check_kind(conn, brick.meta.name, brick.meta.kind)
             if explicit is not None:
                 existing = cat.existing_same(conn, brick.meta.name, explicit, digest)
@@ -133,7 +130,7 @@ class Registry:
                 size_bytes=len(data), meta=brick.meta.model_copy(deep=True),
             )
             cat.insert_version(conn, info)
-            _test_pause(TEST_DELAY_IN_TXN)
+            fault_point("publish-txn")
             for parent in parent_infos:
                 cat.insert_edge(conn, info, parent, operation, op_params)
             for tag in tags:
@@ -199,6 +196,7 @@ class Registry:
         with self.catalog.write() as conn:
             info = self._resolve(conn, parsed)
             cat.set_tag(conn, info.name, tag, info.version)
+            fault_point("tag-moved")
         return info
 
     def untag(self, name: str, tag: str) -> None:
@@ -248,6 +246,7 @@ class Registry:
                 elif _older_than(path, grace_seconds):
                     stats["bytes_freed"] += _remove(path, dry_run)
                     stats["blobs_removed"] += 1
+                fault_point("gc-sweep")
             for path in self.store.temp_files():
                 if _older_than(path, grace_seconds):
                     stats["bytes_freed"] += _remove(path, dry_run)
@@ -348,10 +347,3 @@ def _remove(path: Path, dry_run: bool) -> int:
         return size
     except FileNotFoundError:
         return 0
-
-
-def _test_pause(var: str) -> None:
-    """Crash-test hook: sleep $var seconds when it is set (never set in normal use)."""
-    delay = os.environ.get(var)
-    if delay:
-        time.sleep(float(delay))

@@ -7,6 +7,7 @@ removes). Every read re-hashes the bytes: a corrupted or missing blob raises, it
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import re
@@ -17,14 +18,32 @@ from pathlib import Path
 
 from bricks.errors import BrickError
 
+from .faults import fault_point
+
 DIGEST_RE = re.compile(r"^[0-9a-f]{64}$")
 TEMP_PREFIX = ".tmp-"
+WRITE_ATTEMPTS = 5
 
 
 class CorruptBlobError(BrickError):
     """A stored blob is missing or its bytes no longer match its digest."""
 
-    status = 500
+    # Not 5xx: the server is fine, one brick version is not; the request naming it gets a clear error.
+    status = 410
+
+
+class RegistryFullError(BrickError):
+    """The registry's file system has no room for a blob or a catalog change; nothing was recorded."""
+
+    status = 507
+
+    @classmethod
+    def for_blob(cls, what: str, folder: Path, err: OSError) -> RegistryFullError:
+        return cls(f"no room to store {what} in {folder} ({err.strerror}); nothing was published",
+                   "free space on that file system (`brick gc` removes unreferenced blobs) and publish again")
+
+
+FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 
 
 def sha256_hex(data: bytes) -> str:
@@ -38,8 +57,9 @@ class BlobStore:
     def path(self, digest: str) -> Path:
         return self.root / digest[:2] / digest
 
-    def put(self, data: bytes) -> str:
-        """Store `data` and return its digest; identical content is stored once."""
+    def put(self, data: bytes, what: str = "a brick") -> str:
+        """Store `data` and return its digest; identical content is stored once. `what` names the brick in
+        the error raised when the file system is full."""
         digest = sha256_hex(data)
         path = self.path(digest)
         if self._is_intact(path, digest):
@@ -49,15 +69,13 @@ class BlobStore:
                 return digest
             except FileNotFoundError:
                 pass  # gc removed it just now; write it again below
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._write(path, data)
+        self._write(path, data, what)
         return digest
 
-    def ensure(self, digest: str, data: bytes) -> None:
+    def ensure(self, digest: str, data: bytes, what: str = "a brick") -> None:
         """Re-write a blob if it vanished (gc ran between `put` and the catalog commit)."""
         if not self.path(digest).is_file():
-            self.path(digest).parent.mkdir(parents=True, exist_ok=True)
-            self._write(self.path(digest), data)
+            self._write(self.path(digest), data, what)
 
     def read(self, digest: str, what: str) -> bytes:
         """The verified bytes of a blob; `what` names the brick version for the error message."""
@@ -101,18 +119,35 @@ class BlobStore:
         # A damaged blob with the right name must be replaced, not reused.
         return path.is_file() and _hash_file(path) == digest
 
-    def _write(self, path: Path, data: bytes) -> None:
+    def _write(self, path: Path, data: bytes, what: str) -> None:
+        # `gc` with a short grace period may delete our temp file before the rename (it cannot tell a
+        # live writer's temp file from a dead one's): then the rename finds nothing, and we write again.
+        for attempt in range(WRITE_ATTEMPTS):
+            try:
+                self._write_once(path, data)
+                break
+            except FileNotFoundError:
+                if attempt == WRITE_ATTEMPTS - 1:
+                    raise
+            except OSError as e:
+                if e.errno in FULL_ERRNOS:
+                    raise RegistryFullError.for_blob(what, path.parent, e) from None
+                raise
+        _fsync_dir(path.parent)
+
+    def _write_once(self, path: Path, data: bytes) -> None:
         tmp = path.parent / f"{TEMP_PREFIX}{uuid.uuid4().hex}"
         try:
+            path.parent.mkdir(parents=True, exist_ok=True)
             with open(tmp, "wb") as f:
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
+            fault_point("blob-temp-written")
             os.replace(tmp, path)
         except BaseException:
-            tmp.unlink(missing_ok=True)
+            tmp.unlink(missing_ok=True)  # a half-written temp file never stays behind
             raise
-        _fsync_dir(path.parent)
 
 
 def _hash_file(path: Path) -> str:
