@@ -98,10 +98,10 @@ class BlobStore:
 
     def check(self, digest: str) -> str | None:
         """None when the blob is intact, else what is wrong with it."""
-        path = self.path(digest)
-        if not path.is_file():
+        try:
+            actual = _hash_file(self.path(digest))
+        except FileNotFoundError:
             return "blob missing"
-        actual = _hash_file(path)
         return None if actual == digest else f"blob corrupt (hashes to sha256:{actual[:12]})"
 
     def blobs(self) -> Iterator[Path]:
@@ -117,7 +117,10 @@ class BlobStore:
 
     def _is_intact(self, path: Path, digest: str) -> bool:
         # A damaged blob with the right name must be replaced, not reused.
-        return path.is_file() and _hash_file(path) == digest
+        try:
+            return _hash_file(path) == digest
+        except FileNotFoundError:  # never there, or gc removed an old orphan just now
+            return False
 
     def _write(self, path: Path, data: bytes, what: str) -> None:
         # `gc` with a short grace period may delete our temp file before the rename (it cannot tell a

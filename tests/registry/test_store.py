@@ -111,3 +111,24 @@ def test_dedup_refreshes_an_orphan_so_gc_spares_it(reg: Registry):
     _age(path, 7200)
     reg.store.put(brick.to_bytes())  # what publish does before its transaction
     assert reg.gc(grace_seconds=3600)["blobs_removed"] == 0 and path.exists()
+
+
+def test_gc_removing_the_blob_while_publish_rehashes_it(reg: Registry, monkeypatch):
+    """An orphan older than the grace period, re-published at the moment gc removes it: publish stores it
+    again instead of failing with FileNotFoundError (seen by reading the code; the window is one open())."""
+    import registry.store as store
+
+    brick = make_neurons("b")
+    reg.publish(brick)
+    path = _blob(reg, "b")
+    reg.rm("b@1.0.0")
+    original = store._hash_file
+
+    def gc_first(p: Path) -> str:
+        p.unlink(missing_ok=True)  # what a concurrent gc does between put's existence check and its read
+        return original(p)
+
+    monkeypatch.setattr(store, "_hash_file", gc_first)
+    assert reg.publish(brick).ref == "b@1.0.0"
+    monkeypatch.undo()
+    assert path.is_file() and reg.verify() == []
