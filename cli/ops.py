@@ -213,8 +213,8 @@ def _merge_help() -> str:
     lines = ["Methods (--method NAME; options with --opt KEY=VALUE):", "", "\b"]
     for spec in MERGE_METHODS.values():
         lines.append(f"  {spec.name} [{'/'.join(spec.kinds)}]: {spec.summary}  ({spec.reference_url})")
-        for key in option_names(spec.params):
-            lines.append(f"      {key}: {describe_option(spec.params, key)}"[:160])
+        for key in option_names(spec.options):
+            lines.append(f"      {key}: {describe_option(spec.options, key)}"[:160])
     return "\n".join(lines)
 
 

@@ -12,7 +12,8 @@ An extractor is a function registered by name, with its paper and its options mo
 It returns an `Extraction`: the bricks to publish (each with method, parameters, corpus digest and
 metrics in its metadata), a JSON-able report, the evidence to show per candidate, and the artifact
 files (plots) it wrote into `out_dir` (none when `out_dir` is None). `ExtractorSpec.run` validates
-options given as keyword values (as the CLI's `--opt` gives them) and calls the function.
+options given as keyword values (as the CLI's `--opt` gives them) and calls the function. The registry is
+the one merge and growth methods use too (`bricks.extract.options.MethodRegistry`).
 """
 
 from __future__ import annotations
@@ -23,8 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bricks.errors import InvalidInputError
-from bricks.extract.options import ExtractorOptions, parse_options
+from bricks.extract.options import ExtractorOptions, MethodRegistry, MethodSpec
 from bricks.format import Brick
 
 _MODULES = ("emergent", "clusters", "rare_tokens")
@@ -40,38 +40,24 @@ class Extraction:
     evidence: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
-class ExtractorSpec:
-    name: str
-    fn: Callable[..., Extraction]
-    reference_url: str
-    summary: str
-    options: type[ExtractorOptions]
-    aliases: tuple[str, ...] = ()
-
-    def parse(self, raw: dict[str, Any] | ExtractorOptions | None = None) -> ExtractorOptions:
-        """The method's options model from keyword values; a bad one is an `InvalidInputError`."""
-        return parse_options(self.options, self.name, raw)
+class ExtractorSpec(MethodSpec):
+    """A registered extractor: `fn(host, corpus, options, name=..., out_dir=...) -> Extraction`."""
 
     def run(self, host, corpus, *, name: str, out_dir: str | Path | None = None, **options: Any) -> Extraction:
         """Validate `options` and extract; plots go to `out_dir` (none when it is None)."""
         return self.fn(host, corpus, self.parse(options), name=name, out_dir=None if out_dir is None else Path(out_dir))
 
 
-_EXTRACTORS: dict[str, ExtractorSpec] = {}
+_EXTRACTORS = MethodRegistry("extraction method", ExtractorSpec, sort=True)
 
 
 def extractor(name: str, reference_url: str, options: type[ExtractorOptions],
               aliases: tuple[str, ...] = ()) -> Callable:
-    def register(fn: Callable[..., Extraction]) -> Callable[..., Extraction]:
-        summary = (fn.__doc__ or "").strip().split("\n")[0]
-        _EXTRACTORS[name] = ExtractorSpec(name, fn, reference_url, summary, options, aliases)
-        return fn
-
-    return register
+    return _EXTRACTORS.register(name, reference_url, options, aliases=aliases)
 
 
 def extractors() -> dict[str, ExtractorSpec]:
+    """Every extractor; its module is imported first (one whose own dependencies are missing is left out)."""
     for mod in _MODULES:
         try:
             importlib.import_module(f"bricks.extract.{mod}")
@@ -83,16 +69,10 @@ def extractors() -> dict[str, ExtractorSpec]:
 
 def resolve_name(name: str) -> str | None:
     """The registered name for `name`: '-' reads as '_', and an extractor's aliases count (`rare-token`)."""
-    key = name.strip().lower().replace("-", "_")
-    for spec in extractors().values():
-        if key == spec.name or key in spec.aliases:
-            return spec.name
-    return None
+    extractors()
+    return _EXTRACTORS.resolve(name)
 
 
 def get_extractor(name: str) -> ExtractorSpec:
-    real = resolve_name(name)
-    if real is None:
-        raise InvalidInputError(f"unknown extraction method {name!r}",
-                                f"use one of: {', '.join(sorted(extractors()))}")
-    return _EXTRACTORS[real]
+    extractors()
+    return _EXTRACTORS.lookup(name)

@@ -1,9 +1,12 @@
-"""Extractor options: one pydantic model per method, the single place its parameters are declared.
+"""Method options: one pydantic model per method, the single place its parameters are declared.
 
 A model lists every option with its type, default and description (what `brick extract METHOD --help`
 prints); `extra="forbid"` makes a misspelt option an error. `parse_options` turns what a caller or the
 CLI's `--opt KEY=VALUE` gives into the model, and every problem into one `InvalidInputError` that names
-the option and how to fix it.
+the option and how to fix it, in the words of the kind of method (`OptionWording`).
+
+Extractors, merge methods, growth methods and training all read their options here; the three kinds of
+registered method are looked up in a `MethodRegistry` (name, function, paper, options model).
 """
 
 from __future__ import annotations
@@ -11,11 +14,14 @@ from __future__ import annotations
 import json
 import types
 import typing
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from bricks.errors import InvalidInputError
+from bricks.yamlconfig import did_you_mean, friendly_message
 
 
 class ExtractorOptions(BaseModel):
@@ -47,26 +53,47 @@ def _allows_none(annotation: Any) -> bool:
     return annotation is None or type(None) in typing.get_args(annotation)
 
 
-def parse_options(model: type[ExtractorOptions], method: str, raw: dict[str, Any] | ExtractorOptions | None):
-    """The options model from keyword values (text as the CLI passes it is converted to the field's type)."""
+@dataclass(frozen=True)
+class OptionWording:
+    """How one kind of method words a bad option: `str.format` templates that may use {name} (the method),
+    {key} (the option), {where} (the option and the position inside it: weights[1]), {value} (what was
+    given), {reason} (the problem in plain words), {pydantic} (pydantic's own message), {suggestion}
+    ("; did you mean 'x'?" or "") and {takes} (the option's type, default and description)."""
+
+    unknown: str = "{name} has no option {key!r}"
+    invalid: str = "{name} option {key}={value!r}: {pydantic}"
+    fix: str = "--opt {key}=... takes {takes}"
+
+
+def parse_options(model: type[ExtractorOptions], method: str, raw: dict[str, Any] | BaseModel | None,
+                  wording: OptionWording = OptionWording()):
+    """The options model from keyword values (text as the CLI passes it is converted to the field's type);
+    another options model is read as its values."""
     if isinstance(raw, model):
         return raw
+    if isinstance(raw, BaseModel):
+        raw = raw.model_dump()
     try:
         return model.model_validate(raw or {})
     except ValidationError as e:
-        raise _clean_error(model, method, e) from None
+        raise options_error(model, method, e, wording) from None
 
 
-def _clean_error(model: type[ExtractorOptions], method: str, err: ValidationError) -> InvalidInputError:
+def options_error(model: type[BaseModel], method: str, err: ValidationError,
+                  wording: OptionWording = OptionWording()) -> InvalidInputError:
+    """Every problem in `err` (from validating `model`) as one error naming each option and its fix."""
+    names = option_names(model)
     problems, fixes = [], []
     for item in err.errors():
         key = str(item["loc"][0]) if item["loc"] else ""
         if item["type"] == "extra_forbidden":
-            problems.append(f"{method} has no option {key!r}")
-            fixes.append(f"use one of: {', '.join(option_names(model))}")
+            problems.append(wording.unknown.format(name=method, key=key, suggestion=did_you_mean(key, names)))
+            fixes.append(f"use one of: {', '.join(names)}")
         else:
-            problems.append(f"{method} option {key}={item.get('input')!r}: {item['msg']}")
-            fixes.append(f"--opt {key}=... takes {describe_option(model, key)}")
+            where = key + "".join(f"[{p}]" for p in item["loc"][1:])
+            problems.append(wording.invalid.format(name=method, key=key, where=where, value=item.get("input"),
+                                                   reason=friendly_message(item, model), pydantic=item["msg"]))
+            fixes.append(wording.fix.format(key=key, takes=describe_option(model, key)))
     return InvalidInputError("; ".join(problems), "; ".join(dict.fromkeys(fixes)))
 
 
@@ -123,3 +150,74 @@ def comma_list(value: Any) -> Any:
     if isinstance(value, (int, float)):
         return [value]
     return value
+
+
+# --- registered methods ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class MethodSpec:
+    """A registered method: its name, function, paper, one-line summary (the first line of the function's
+    docstring, what --help shows) and options model. Each kind of method subclasses it for its own fields."""
+
+    name: str
+    fn: Callable[..., Any]
+    reference_url: str
+    summary: str
+    options: type[ExtractorOptions]
+    aliases: tuple[str, ...] = ()  # other spellings a lookup accepts (`rare_token` for `rare_tokens`)
+
+    wording: ClassVar[OptionWording] = OptionWording()
+
+    def parse(self, raw: dict[str, Any] | BaseModel | None = None) -> ExtractorOptions:
+        """The method's options model from keyword values; every problem is one `InvalidInputError`."""
+        return parse_options(self.options, self.name, raw, self.wording)
+
+    @property
+    def heading(self) -> str:
+        """How --help names the method."""
+        return self.name
+
+
+S = TypeVar("S", bound=MethodSpec)
+
+
+class MethodRegistry(dict[str, S], Generic[S]):
+    """The methods of one kind by name, in the order they were registered. `noun` is what an error calls
+    one ('merge method'); `sort` lists them alphabetically in errors (for a kind whose methods register in
+    whatever order their modules are imported)."""
+
+    def __init__(self, noun: str, spec: type[S], sort: bool = False):
+        super().__init__()
+        self.noun = noun
+        self.spec = spec
+        self.sort = sort
+
+    def register(self, name: str, reference_url: str, options: type[ExtractorOptions], **fields: Any) -> Callable:
+        """A decorator: register the function under `name`, with its paper, options and the spec's own fields."""
+
+        def add(fn: Callable[..., Any]) -> Callable[..., Any]:
+            summary = (fn.__doc__ or "").strip().split("\n")[0]
+            self[name] = self.spec(name, fn, reference_url, summary, options, **fields)
+            return fn
+
+        return add
+
+    def resolve(self, name: str) -> str | None:
+        """The registered name `name` spells: case aside, '-' reads as '_' (`dare-ties`), aliases count."""
+        key = _method_key(name)
+        for spec in self.values():
+            if key == spec.name or key in spec.aliases:
+                return spec.name
+        return None
+
+    def lookup(self, name: str) -> S:
+        """The method `name` spells, or an error suggesting the closest registered name."""
+        real = self.resolve(name)
+        if real is None:
+            names = sorted(self) if self.sort else list(self)
+            raise InvalidInputError(f"unknown {self.noun} {name!r}{did_you_mean(_method_key(name), names)}",
+                                    f"use one of: {', '.join(names)}")
+        return self[real]
+
+
+def _method_key(name: str) -> str:
+    return name.strip().lower().replace("-", "_")

@@ -42,18 +42,18 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic import BaseModel, Field, field_validator
 from tqdm.auto import tqdm
 
 from bricks.apply import assembly_applied
 from bricks.compose import BrickUse, assemble
 from bricks.corpus import Corpus, load_corpus
 from bricks.errors import InvalidInputError
-from bricks.extract.options import ExtractorOptions, comma_list, describe_option, option_names
+from bricks.extract.options import ExtractorOptions, MethodRegistry, MethodSpec, OptionWording, comma_list
 from bricks.format import Brick, BrickMeta, RoutingKeys
 from bricks.kinds.growth import KIND as GROWTH
 from bricks.kinds.growth import GrowthNeurons
@@ -61,7 +61,6 @@ from bricks.ops.data import Fact
 from bricks.ops.train import TrainingInterrupted
 from bricks.profile import chunk_corpus, decoder
 from bricks.refs import check_name
-from bricks.yamlconfig import did_you_mean, friendly_message
 
 FACTS_DIR = Path(__file__).resolve().parents[1] / "data" / "facts"
 SHIPPED_FACTS, SHIPPED_HELDOUT = FACTS_DIR / "facts.jsonl", FACTS_DIR / "heldout.jsonl"  # 36 fictional facts
@@ -156,46 +155,30 @@ class LmOptions(GrowOptions):
 
 # --- the registry ------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class GrowthMethod:
-    name: str
-    loss: Callable[[GrowStep, Any], dict[str, torch.Tensor]]
-    reference_url: str
-    summary: str
-    options: type[GrowOptions]
+class GrowthMethod(MethodSpec):
+    """A registered growth method: `fn(step, options) -> {name: weighted loss}`, summed, then minimised."""
+
+    wording: ClassVar[OptionWording] = OptionWording(unknown="growth method {name} has no option {key!r}{suggestion}",
+                                                     invalid="grow {name} option {key}={value!r}: {reason}")
 
     def parse(self, raw: dict[str, Any] | BaseModel | None = None) -> GrowOptions:
-        """The method's options; every problem is one `InvalidInputError` naming the option and its fix."""
-        if isinstance(raw, self.options):
-            return raw
-        if isinstance(raw, BaseModel):
-            raw = raw.model_dump()
-        try:
-            return self.options.model_validate({**(raw or {}), "method": self.name})
-        except ValidationError as e:
-            raise _options_error(self, e) from None
+        """The method's options (its `method` is this one); every problem is one `InvalidInputError`."""
+        if not isinstance(raw, self.options):
+            values = raw.model_dump() if isinstance(raw, BaseModel) else dict(raw or {})
+            raw = {**values, "method": self.name}
+        return super().parse(raw)
 
 
-GROWTH_METHODS: dict[str, GrowthMethod] = {}
+GROWTH_METHODS = MethodRegistry("growth method", GrowthMethod)
 
 
 def growth_method(name: str, reference_url: str, options: type[GrowOptions]) -> Callable:
     """Register a loss `fn(step, options) -> {name: weighted loss}` (summed, then minimised) under `name`."""
-
-    def register(fn):
-        summary = (fn.__doc__ or "").strip().split("\n")[0]
-        GROWTH_METHODS[name] = GrowthMethod(name, fn, reference_url, summary, options)
-        return fn
-
-    return register
+    return GROWTH_METHODS.register(name, reference_url, options)
 
 
 def get_growth_method(name: str) -> GrowthMethod:
-    key = name.strip().lower().replace("-", "_")
-    if key in GROWTH_METHODS:
-        return GROWTH_METHODS[key]
-    names = list(GROWTH_METHODS)
-    raise InvalidInputError(f"unknown growth method {name!r}{did_you_mean(key, names)}",
-                            f"use one of: {', '.join(names)}")
+    return GROWTH_METHODS.lookup(name)
 
 
 def grow_options(raw: dict[str, Any] | GrowOptions | None) -> GrowOptions:
@@ -204,21 +187,6 @@ def grow_options(raw: dict[str, Any] | GrowOptions | None) -> GrowOptions:
         return get_growth_method(raw.method).parse(raw)
     raw = dict(raw or {})
     return get_growth_method(str(raw.pop("method", "tpatcher"))).parse(raw)
-
-
-def _options_error(spec: GrowthMethod, err: ValidationError) -> InvalidInputError:
-    problems, fixes = [], []
-    for item in err.errors():
-        key = str(item["loc"][0]) if item["loc"] else ""
-        if item["type"] == "extra_forbidden":
-            names = option_names(spec.options)
-            problems.append(f"growth method {spec.name} has no option {key!r}{did_you_mean(key, names)}")
-            fixes.append(f"use one of: {', '.join(names)}")
-        else:
-            problems.append(f"grow {spec.name} option {key}={item.get('input')!r}: "
-                            f"{friendly_message(item, spec.options)}")
-            fixes.append(f"--opt {key}=... takes {describe_option(spec.options, key)}")
-    return InvalidInputError("; ".join(problems), "; ".join(dict.fromkeys(fixes)))
 
 
 # --- the facts as token sequences --------------------------------------------------------------------------
@@ -529,7 +497,7 @@ def fit_neurons(host, spec: GrowthMethod, neurons: dict[int, GrowthNeurons], seq
             hidden = run_from(host, layers[0], cached)
             ctx = GrowStep(seqs, hidden, host.model.get_output_embeddings(), dict(captured),
                            {layer: m[pick] for layer, m in memory.items()}, neurons, owner)
-            losses = spec.loss(ctx, opts)
+            losses = spec.fn(ctx, opts)
             total = torch.stack(list(losses.values())).sum()
             optimizer.zero_grad(set_to_none=True)
             total.backward()

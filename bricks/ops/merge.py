@@ -55,22 +55,21 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
-from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic import BaseModel, Field, field_validator
 from tqdm.auto import tqdm
 
 from bricks.constants import LORA_RANKS
 from bricks.errors import InvalidInputError
-from bricks.extract.options import ExtractorOptions, comma_list, describe_option, option_names
+from bricks.extract.options import ExtractorOptions, MethodRegistry, MethodSpec, OptionWording, comma_list
 from bricks.format import Brick, BrickMeta, RoutingKeys
 from bricks.kinds.base import BrickUse, LowRank
 from bricks.kinds.lora import LoraModule, lora_module_shape
 from bricks.kinds.neurons import NeuronMap, NeuronSet, compose_neurons
 from bricks.lora import truncate
 from bricks.refs import NAME_RE
-from bricks.yamlconfig import did_you_mean, friendly_message
 
 ROUTING_CAP = 32  # a merged brick's routing keys: at most this many of its parents' texts
 MAX_RANK = LORA_RANKS[-1]  # vLLM's largest LoRA rank: a larger target could not be served
@@ -170,38 +169,26 @@ class Merged:
 
 
 @dataclass(frozen=True)
-class MergeSpec:
-    name: str
-    fn: Callable[[list[Brick], Any], Merged]
-    reference_url: str
-    summary: str
-    kinds: tuple[str, ...]
-    params: type[MergeParams]
+class MergeSpec(MethodSpec):
+    """A registered merge method: `fn(parents, params) -> Merged` for bricks of `kinds`."""
 
-    def parse(self, raw: dict[str, Any] | BaseModel | None = None) -> MergeParams:
-        """The method's parameters model; every problem is one `InvalidInputError` naming the option."""
-        if isinstance(raw, self.params):
-            return raw
-        if isinstance(raw, BaseModel):
-            raw = raw.model_dump()
-        try:
-            return self.params.model_validate(raw or {})
-        except ValidationError as e:
-            raise _params_error(self, e) from None
+    kinds: tuple[str, ...] = ()
+
+    wording: ClassVar[OptionWording] = OptionWording(unknown="merge method {name} has no option {key!r}{suggestion}",
+                                                     invalid="merge {name} option {where}: {reason}",
+                                                     fix="{key}= takes {takes}")
+
+    @property
+    def heading(self) -> str:
+        return f"{self.name} [{'/'.join(self.kinds)}]"
 
 
-MERGE_METHODS: dict[str, MergeSpec] = {}
+MERGE_METHODS = MethodRegistry("merge method", MergeSpec)
 
 
 def merge_method(name: str, reference_url: str, kinds: tuple[str, ...], params: type[MergeParams]) -> Callable:
     """Register a merge function `fn(parents, params) -> Merged` under `name`."""
-
-    def register(fn: Callable[[list[Brick], Any], Merged]) -> Callable[[list[Brick], Any], Merged]:
-        summary = (fn.__doc__ or "").strip().split("\n")[0]
-        MERGE_METHODS[name] = MergeSpec(name, fn, reference_url, summary, kinds, params)
-        return fn
-
-    return register
+    return MERGE_METHODS.register(name, reference_url, params, kinds=kinds)
 
 
 def methods_for_kind(kind: str) -> list[str]:
@@ -210,31 +197,11 @@ def methods_for_kind(kind: str) -> list[str]:
 
 def get_merge_method(name: str) -> MergeSpec:
     """The method registered as `name` ('-' reads as '_': `dare-ties`), or an error suggesting the closest."""
-    key = name.strip().lower().replace("-", "_")
-    if key in MERGE_METHODS:
-        return MERGE_METHODS[key]
-    names = list(MERGE_METHODS)
-    raise InvalidInputError(f"unknown merge method {name!r}{did_you_mean(key, names)}",
-                            f"use one of: {', '.join(names)}")
+    return MERGE_METHODS.lookup(name)
 
 
 def parse_merge_params(method: str, raw: dict[str, Any] | BaseModel | None = None) -> MergeParams:
     return get_merge_method(method).parse(raw)
-
-
-def _params_error(spec: MergeSpec, err: ValidationError) -> InvalidInputError:
-    problems, fixes = [], []
-    for item in err.errors():
-        key = str(item["loc"][0]) if item["loc"] else ""
-        where = key + "".join(f"[{p}]" for p in item["loc"][1:])
-        if item["type"] == "extra_forbidden":
-            names = option_names(spec.params)
-            problems.append(f"merge method {spec.name} has no option {key!r}{did_you_mean(key, names)}")
-            fixes.append(f"use one of: {', '.join(names)}")
-        else:
-            problems.append(f"merge {spec.name} option {where}: {friendly_message(item, spec.params)}")
-            fixes.append(f"{key}= takes {describe_option(spec.params, key)}")
-    return InvalidInputError("; ".join(problems), "; ".join(dict.fromkeys(fixes)))
 
 
 # --- the entry point --------------------------------------------------------------------------------------

@@ -199,7 +199,7 @@ def test_every_method_is_registered_with_its_paper_and_a_strict_model():
     assert methods_for_kind("neurons") == ["union", "intersection", "weighted"]
     for spec in MERGE_METHODS.values():
         assert spec.reference_url.startswith("https://") and spec.summary
-        assert issubclass(spec.params, MergeParams) and spec.params.model_config["extra"] == "forbid"
+        assert issubclass(spec.options, MergeParams) and spec.options.model_config["extra"] == "forbid"
 
 
 def test_params_read_command_line_text():
