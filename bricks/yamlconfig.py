@@ -130,7 +130,13 @@ class ConfigFormat(Generic[M]):
         return self.error([problem_at(loc, message, root) for loc, message in issues], source)
 
     def _load(self, text: str, source: str) -> tuple[yaml.Node, dict[str, Any]]:
-        loader = yaml.SafeLoader(text)
+        try:
+            loader = yaml.SafeLoader(text)  # checks every character up front (ReaderError)
+        except yaml.reader.ReaderError as err:
+            line = text.count("\n", 0, err.position) + 1
+            raise self.error([Problem("", line, f"holds the control character {err.character:#06x}, which YAML "
+                                      "does not allow; remove it (or write it as an escape in a quoted string)")],
+                             source) from None
         try:
             root = loader.get_single_node()
             data = None if root is None else loader.construct_document(root)
