@@ -65,7 +65,7 @@ def check_ref(ref: str) -> str:
     try:
         parse_ref(ref)
     except InvalidInputError as err:
-        raise ValueError(f"{err.problem}; refs look like {REF_FORMS}") from None
+        raise ValueError(_error_text(err)) from None  # the words the registry, CLI and HTTP use
     return ref
 
 
