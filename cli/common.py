@@ -7,6 +7,7 @@ command runs on its own (click's test runner), outside the `brick` group.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -29,6 +30,41 @@ class _CleanErrors:
 
 class BrickCommand(_CleanErrors, click.Command):
     """A command whose user mistakes print one message with the fix."""
+
+
+class MethodsCommand(BrickCommand):
+    """A command that runs one of a registry's methods (`--method NAME`); its --help ends with every method,
+    its paper and its options. `methods` returns the registry and the options model every method shares
+    (or None), when --help asks: importing the methods loads torch. Shared options are listed once, last."""
+
+    def __init__(self, *args: Any, methods: Callable[[], tuple[Any, type | None]], **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.methods = methods
+
+    def format_epilog(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        self.epilog = methods_help(*self.methods())
+        super().format_epilog(ctx, formatter)
+
+
+def methods_help(registry, shared: type | None = None) -> str:
+    """The methods of `registry` for --help (\\b keeps click from rewrapping the lines)."""
+    from bricks.extract.options import option_names
+
+    common = set(option_names(shared)) if shared is not None else set()
+    lines = ["Methods (--method NAME; options with --opt KEY=VALUE):", "", "\b"]
+    for spec in registry.values():
+        lines.append(f"  {spec.heading}: {spec.summary}  ({spec.reference_url})")
+        lines += _option_lines(spec.options, leave_out=common)
+    if shared is not None:
+        lines += ["", "Options of every method:", "", "\b"]
+        lines += _option_lines(shared, leave_out={"method", "progress"})
+    return "\n".join(lines)
+
+
+def _option_lines(model, leave_out: set[str]) -> list[str]:
+    from bricks.extract.options import describe_option, option_names
+
+    return [f"      {key}: {describe_option(model, key)}"[:160] for key in option_names(model) if key not in leave_out]
 
 
 class BrickGroup(_CleanErrors, click.Group):

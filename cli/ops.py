@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from cli.common import BrickCommand, console, emit_json, host_option, open_registry
+from cli.common import BrickCommand, MethodsCommand, console, emit_json, host_option, open_registry
 
 # Named flags that are the same as --opt KEY=VALUE (None: not given, the option's default or the parent's).
 _TRAIN_FLAGS = (
@@ -206,25 +206,13 @@ def _update_lora(reg, parent_info, parent, data_paths, opts, host_spec, version,
 
 
 # --- merge -----------------------------------------------------------------------------------------------
-def _merge_help() -> str:
-    from bricks.extract.options import describe_option, option_names
+def _merge_methods():
     from bricks.ops.merge import MERGE_METHODS
 
-    lines = ["Methods (--method NAME; options with --opt KEY=VALUE):", "", "\b"]
-    for spec in MERGE_METHODS.values():
-        lines.append(f"  {spec.name} [{'/'.join(spec.kinds)}]: {spec.summary}  ({spec.reference_url})")
-        for key in option_names(spec.options):
-            lines.append(f"      {key}: {describe_option(spec.options, key)}"[:160])
-    return "\n".join(lines)
+    return MERGE_METHODS, None
 
 
-class _MergeCommand(BrickCommand):
-    def format_epilog(self, ctx: click.Context, formatter) -> None:
-        self.epilog = _merge_help()  # built when asked for: the methods load torch
-        super().format_epilog(ctx, formatter)
-
-
-@click.command(cls=_MergeCommand)
+@click.command(cls=MethodsCommand, methods=_merge_methods)
 @click.argument("refs", nargs=-1, required=True)
 @click.option("--method", required=True, help="Merge method (listed below).")
 @click.option("-o", "--output", "name", required=True, help="Name of the merged brick.")
@@ -262,31 +250,13 @@ def merge(ctx: click.Context, refs: tuple[str, ...], method: str, name: str, wei
 
 
 # --- grow ------------------------------------------------------------------------------------------------
-def _grow_help() -> str:
-    from bricks.extract.options import describe_option, option_names
+def _growth_methods():
     from bricks.ops.grow import GROWTH_METHODS, GrowOptions
 
-    shared = set(option_names(GrowOptions))
-    lines = ["Methods (--method NAME; options with --opt KEY=VALUE):", "", "\b"]
-    for spec in GROWTH_METHODS.values():
-        lines.append(f"  {spec.name}: {spec.summary}  ({spec.reference_url})")
-        for key in option_names(spec.options):
-            if key not in shared:
-                lines.append(f"      {key}: {describe_option(spec.options, key)}"[:160])
-    lines += ["", "Options of every method:", "", "\b"]
-    for key in option_names(GrowOptions):
-        if key not in ("method", "progress"):
-            lines.append(f"      {key}: {describe_option(GrowOptions, key)}"[:160])
-    return "\n".join(lines)
+    return GROWTH_METHODS, GrowOptions
 
 
-class _GrowCommand(BrickCommand):
-    def format_epilog(self, ctx: click.Context, formatter) -> None:
-        self.epilog = _grow_help()  # built when asked for: the methods load torch
-        super().format_epilog(ctx, formatter)
-
-
-@click.command(cls=_GrowCommand)
+@click.command(cls=MethodsCommand, methods=_growth_methods)
 @click.option("--facts", "facts_path", required=True, type=click.Path(dir_okay=False),
               help='JSONL: {"prompt": ..., "target": ..., "paraphrases": [...]} per line.')
 @click.option("--heldout", "heldout_path", default=None, type=click.Path(dir_okay=False),
