@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 import torch
+from bench_serving import PROMPTS, throughput  # bench/ is sys.path[0] when this runs as a script
 
 from bricks.constants import DEFAULT_HOST
 from bricks.format import Brick, BrickMeta, load_brick
@@ -34,9 +35,6 @@ from router.assembly import BrickChoice
 from serving.engine import GenRequest, VllmEngine, VllmSettings
 from serving.service import BrickService, open_service
 
-PROMPTS = ["Tell me about the history of Rome.", "Write a short poem about the sea.", "How do vaccines work?",
-           "Give me three tips for learning French.", "Explain recursion to a child.", "What is a black hole?",
-           "Describe a good breakfast.", "Why do leaves change colour in autumn?"]
 GROWTH_LAYERS = (8, 12, 16, 20)
 
 
@@ -74,17 +72,6 @@ def write_manifest(folder: Path, bricks: list[Brick], growth_path: str, eager: b
 def requests(svc: BrickService, n: int, tokens: int, logprobs: bool = False) -> list[GenRequest]:
     return [GenRequest(svc.tokenize_chat([{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}]), tokens,
                        ignore_eos=not logprobs, logprobs=logprobs) for i in range(n)]
-
-
-async def throughput(svc: BrickService, assemblies: list[list[BrickChoice]], n: int, tokens: int) -> dict:
-    built = [svc.cache.get(a) for a in assemblies]
-    reqs = requests(svc, n, tokens)
-    await asyncio.gather(*(svc.engine.generate(r, built[i % len(built)]) for i, r in enumerate(reqs[:8])))  # warm
-    t0 = time.perf_counter()
-    outs = await asyncio.gather(*(svc.engine.generate(r, built[i % len(built)]) for i, r in enumerate(reqs)))
-    dt = time.perf_counter() - t0
-    toks = sum(len(o.token_ids) for o in outs)
-    return {"tokens": toks, "seconds": round(dt, 2), "tok_per_s": round(toks / dt, 2)}
 
 
 async def no_brick_outputs(engine, svc: BrickService) -> list:
