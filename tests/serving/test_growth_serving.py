@@ -68,19 +68,15 @@ def outputs(served, plain, bg_loop):
             "beside": beside[: len(BESIDE)], "routed": beside[len(BESIDE):]}
 
 
-def test_no_brick_batch_equals_the_plain_host(outputs):
-    got, want = outputs["alone"], outputs["plain_alone"]
+@pytest.mark.parametrize(("batch", "what"), [
+    ("alone", "no-brick batch, growth engine vs plain host"),
+    ("beside", "no-brick requests beside routed growth (both paths) vs plain host alone"),
+], ids=["alone", "beside"])
+def test_no_brick_requests_equal_the_plain_host(outputs, batch, what):
+    got, want = outputs[batch], outputs[f"plain_{batch}"]
     assert [g.token_ids for g in got] == [w.token_ids for w in want]
     diff = _max_diff(got, want)
-    print(f"no-brick batch, growth engine vs plain host: max |logprob diff| {diff:.2e}")
-    assert diff == 0.0
-
-
-def test_no_brick_requests_beside_growth_requests_equal_the_plain_host(outputs):
-    got, want = outputs["beside"], outputs["plain_beside"]
-    assert [g.token_ids for g in got] == [w.token_ids for w in want]
-    diff = _max_diff(got, want)
-    print(f"no-brick requests beside routed growth (both paths) vs plain host alone: max |logprob diff| {diff:.2e}")
+    print(f"{what}: max |logprob diff| {diff:.2e}")
     assert diff == 0.0
 
 
