@@ -53,6 +53,20 @@ class ChatExample(Record):
         return v
 
 
+class ChatPrompt(Record):
+    """A conversation that ends with a user turn: a request to reply to (the training locality penalty's
+    chat prompts; the reply is generated)."""
+
+    messages: list[Message] = Field(min_length=1)
+
+    @field_validator("messages")
+    @classmethod
+    def _ends_with_user(cls, v: list[Message]) -> list[Message]:
+        if v[-1].role != "user" or not v[-1].content.strip():
+            raise ValueError("a chat prompt ends with a non-empty user turn (the reply to it is generated)")
+        return v
+
+
 def example_model(value: dict) -> type[Record]:
     """A line with "messages" is a chat example, anything else a text example."""
     return ChatExample if "messages" in value else TextExample
@@ -104,6 +118,11 @@ def read_jsonl(path: str | Path, model: type[M] | Callable[[dict], type[M]], nou
 def read_examples(path: str | Path) -> list[TextExample | ChatExample]:
     """Training examples: {"text": ...} or {"messages": [{"role", "content"}, ...]} per line."""
     return read_jsonl(path, example_model, noun="training data file")
+
+
+def read_chat_prompts(path: str | Path) -> list[ChatPrompt]:
+    """Chat prompts: {"messages": [..., {"role": "user", "content": ...}]} per line."""
+    return read_jsonl(path, ChatPrompt, noun="chat prompts file")
 
 
 def read_facts(path: str | Path) -> list[Fact]:

@@ -13,7 +13,11 @@ continues training from a parent version (its A and B are the starting point). B
   disabled. This is the KL-to-the-frozen-model penalty of Learning without Forgetting (Li & Hoiem 2016,
   https://arxiv.org/abs/1606.09282) and KL-regularised fine-tuning. Without it a brick trained on one task
   moved held-out perplexity of the shipped corpora by +4..+41% on the real host (bench/bench_ops.py); the
-  default weight 3 came from a 40-step sweep of 0 / 1 / 3 there (json-extract, style);
+  default weight 3 came from a 40-step sweep of 0 / 1 / 3 there (json-extract, style). The same KL is
+  also taken on the replies to a few unrelated chat requests per step (`locality_chat`: the shipped
+  everyday prompts in bricks/data/chat by default, their train split only; the replies are the host's own
+  greedy ones, generated once per host and cached), where the reply is predicted: every task is a chat,
+  and plain text alone does not stop a brick from keying on the chat format;
 - are deterministic for a seed (LoRA init, batch order) and resumable: a checkpoint (the trainable
   tensors, the optimizer's moments, the step) is written every `save_every` steps and on Ctrl-C, under a
   key of (host, data, options, parent, locality text), and the same call picks it up again.
@@ -49,6 +53,7 @@ ADAPTER = "default"  # PEFT's adapter name
 ROUTING_EXAMPLES = 32  # a trained brick's routing keys: this many of its training prompts
 LOCALITY_SPLIT = 0.2  # the locality corpus's held-out share (corpus.split(0.2, seed=0), as evaluation holds out)
 LOCALITY_MIN_TOKENS = 16  # shorter tail windows are dropped
+CHAT_PROMPTS = Path(__file__).resolve().parents[1] / "data" / "chat" / "prompts.jsonl"
 
 
 class TrainOptions(ExtractorOptions):
@@ -78,6 +83,13 @@ class TrainOptions(ExtractorOptions):
     locality_chunks: int = Field(2, ge=1, le=64, description="Unrelated-text chunks per optimizer step.")
     locality_tokens: int = Field(128, ge=LOCALITY_MIN_TOKENS, le=2048,
                                  description="Tokens per unrelated-text chunk.")
+    locality_chat: str = Field("builtin", min_length=1, description=(
+        "Unrelated chat requests for the locality penalty: 'builtin' (bricks/data/chat/prompts.jsonl), a JSONL "
+        "file of {\"messages\": [... ending in a user turn]}, or 'none'; only its train split is used. The KL "
+        "is taken on the host's own replies."))
+    locality_chat_examples: int = Field(2, ge=1, le=64, description="Unrelated chat requests per optimizer step.")
+    locality_reply_tokens: int = Field(48, ge=1, le=512,
+                                       description="Tokens of the host's reply generated per chat request.")
     save_every: int = Field(50, ge=0, description="Checkpoint every N steps (0: only on interrupt).")
 
     @field_validator("targets", mode="before")
@@ -239,16 +251,70 @@ def locality_data(tokenizer, opts: TrainOptions) -> tuple[list[Encoded], str]:
     return chunks, docs.digest()
 
 
-def locality_kl(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Token-mean KL(p_host || p_model) over the batch's real positions, differentiable in the adapter; the
-    host is the same PEFT model with its adapter disabled, so no second copy of the weights is held."""
+def chat_locality_data(host, opts: TrainOptions, progress: bool = False) -> tuple[list[Encoded], str]:
+    """The train split of the locality chat prompts, each with the host's own greedy reply (labels on the
+    reply), and a digest of prompts and replies (part of the run key). Replies are generated once per
+    (host, prompts, reply length) and cached as JSON."""
+    from bricks.host import cache_dir
+    from bricks.ops.data import ChatExample, Message, file_digest, read_chat_prompts
+
+    spec = opts.locality_chat.strip()
+    if spec == "none":
+        return [], ""
+    path = CHAT_PROMPTS if spec == "builtin" else Path(spec)
+    prompts, _ = split_heldout(read_chat_prompts(path), LOCALITY_SPLIT)
+    if not prompts:
+        raise InvalidInputError(f"the locality chat prompts {str(path)!r} have no train-split prompt",
+                                "give more prompts, or --opt locality_chat=none")
+    key = hashlib.sha256(json.dumps([host.ref.fingerprint, file_digest(path), opts.locality_reply_tokens])
+                         .encode()).hexdigest()[:16]
+    cache = cache_dir() / "locality-replies" / f"{key}.json"
+    replies = json.loads(cache.read_text()) if cache.is_file() else None
+    if not isinstance(replies, list) or len(replies) != len(prompts):
+        replies = host_replies(host, [[m.model_dump() for m in p.messages] for p in prompts],
+                               opts.locality_reply_tokens, progress)
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(".tmp")
+        tmp.write_text(json.dumps(replies))
+        tmp.replace(cache)
+    out = []
+    for prompt, reply in zip(prompts, replies, strict=True):
+        if reply:
+            ex = ChatExample(messages=[*prompt.messages, Message(role="assistant", content=reply)])
+            enc = encode(host.tokenizer, ex, opts.max_len)
+            if enc.n_loss:
+                out.append(enc)
+    digest = hashlib.sha256(json.dumps([key, replies]).encode()).hexdigest()
+    return out, digest
+
+
+def host_replies(host, conversations: list[list[dict]], max_new_tokens: int, progress: bool) -> list[str]:
+    """The plain host's greedy replies, with a progress bar (a minute or so for the shipped prompts on CPU)."""
+    from bricks.steer.generation import generate_chat
+
+    batch = 16
+    out: list[str] = []
+    for i in tqdm(range(0, len(conversations), batch), desc="host replies for the locality penalty",
+                  unit="batch", disable=not progress):
+        out += generate_chat(host, conversations[i: i + batch], max_new_tokens=max_new_tokens, batch_size=batch)
+    return out
+
+
+def locality_kl(model, batch: dict[str, torch.Tensor], replies_only: bool = False) -> torch.Tensor:
+    """Token-mean KL(p_host || p_model) over the batch's real positions (or, `replies_only`, the positions
+    that predict a labelled token), differentiable in the adapter; the host is the same PEFT model with its
+    adapter disabled, so no second copy of the weights is held."""
     ids, mask = batch["input_ids"], batch["attention_mask"]
     with torch.no_grad(), model.disable_adapter():
         host_logp = model(input_ids=ids, attention_mask=mask).logits.float().log_softmax(-1)
     logp = model(input_ids=ids, attention_mask=mask).logits.float().log_softmax(-1)
     per_token = torch.nn.functional.kl_div(logp, host_logp, log_target=True, reduction="none").sum(-1)
-    weight = mask.to(per_token.dtype)
-    return (per_token * weight).sum() / weight.sum()
+    if replies_only:
+        weight = torch.zeros_like(per_token)
+        weight[:, :-1] = (batch["labels"][:, 1:] != -100).to(per_token.dtype)
+    else:
+        weight = mask.to(per_token.dtype)
+    return (per_token * weight).sum() / weight.sum().clamp(min=1)
 
 
 # --- PEFT in and out -------------------------------------------------------------------------------------
@@ -320,7 +386,7 @@ def _save_checkpoint(folder: Path, model, optimizer, step: int, history: dict[st
 def _load_checkpoint(folder: Path, model, optimizer) -> tuple[int, dict[str, list[float]]]:
     """(step, {"history": task losses, "locality_history": KL per step}); step 0 and empty lists if none."""
     if not (folder / "state.json").is_file():
-        return 0, {"history": [], "locality_history": []}
+        return 0, {"history": [], "locality_history": [], "chat_locality_history": []}
     state = json.loads((folder / "state.json").read_text())
     tensors = load_file(folder / "state.safetensors")
     params = dict(model.named_parameters())
@@ -333,7 +399,8 @@ def _load_checkpoint(folder: Path, model, optimizer) -> tuple[int, dict[str, lis
             if st:
                 optimizer.state[p] = st
     return int(state["step"]), {"history": list(state["history"]),
-                                "locality_history": list(state.get("locality_history", []))}
+                                "locality_history": list(state.get("locality_history", [])),
+                                "chat_locality_history": list(state.get("chat_locality_history", []))}
 
 
 # --- the loop --------------------------------------------------------------------------------------------
@@ -355,13 +422,15 @@ def _lr_at(step: int, opts: TrainOptions) -> float:
 
 
 def _fit(model, train: list[Encoded], opts: TrainOptions, pad_id: int, ckpt: Path, progress: bool,
-         locality: list[Encoded] | None = None) -> dict:
+         locality: list[Encoded] | None = None, chat: list[Encoded] | None = None) -> dict:
     """The AdamW loop: per step, the token-mean task loss over `grad_accum` micro-batches, plus
-    `locality_weight` times the KL on `locality_chunks` windows of `locality` (none: no penalty)."""
+    `locality_weight` times the KL on `locality_chunks` windows of `locality` and on the replies of
+    `locality_chat_examples` of the `chat` requests (none: no such term)."""
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=opts.lr, weight_decay=opts.weight_decay)
     step, histories = _load_checkpoint(ckpt, model, optimizer)
     history, kl_history = histories["history"], histories["locality_history"]
+    chat_history = histories.setdefault("chat_locality_history", [])
     resumed = step
     model.train()
     tokens, locality_tokens, started = 0, 0, time.perf_counter()
@@ -391,11 +460,20 @@ def _fit(model, train: list[Encoded], opts: TrainOptions, pad_id: int, ckpt: Pat
                 kl = locality_kl(model, collate([locality[i] for i in idx], pad_id))
                 (opts.locality_weight * kl).backward()
                 locality_tokens += sum(len(locality[i].input_ids) for i in idx)
+            chat_kl = None
+            if chat:
+                idx = _indices(len(chat), opts.seed + 1, step * opts.locality_chat_examples,
+                               opts.locality_chat_examples)
+                chat_kl = locality_kl(model, collate([chat[i] for i in idx], pad_id), replies_only=True)
+                (opts.locality_weight * chat_kl).backward()
+                locality_tokens += sum(len(chat[i].input_ids) for i in idx)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             history.append(loss_sum / max(n_sum, 1))
             if kl is not None:
                 kl_history.append(kl.item())
+            if chat_kl is not None:
+                chat_history.append(chat_kl.item())
             step += 1
             rate = tokens / max(time.perf_counter() - started, 1e-9)
             bar.set_postfix(loss=f"{history[-1]:.3f}", **({"kl": f"{kl_history[-1]:.4f}"} if kl is not None else {}),
@@ -416,6 +494,8 @@ def _fit(model, train: list[Encoded], opts: TrainOptions, pad_id: int, ckpt: Pat
            "tokens_per_s": round(tokens / max(seconds, 1e-9), 1)}
     if locality:
         out.update(_first_last("locality_kl", kl_history), locality_tokens=locality_tokens)
+    if chat:
+        out.update(_first_last("chat_locality_kl", chat_history), locality_tokens=locality_tokens)
     return out
 
 
@@ -446,11 +526,13 @@ def train_lora(host, examples: list, options: dict | TrainOptions | None, name: 
     train = encode_all(tok, train_ex, opts.max_len, "training")
     held = encode_all(tok, held_ex, opts.max_len, "held-out")
     locality, locality_digest = locality_data(tok, opts) if opts.locality_weight > 0 else ([], "")
-    key = run_key(host, data_digest, opts, parent, name, locality_digest)
+    chat, chat_digest = (chat_locality_data(host, opts, progress and opts.progress) if opts.locality_weight > 0
+                         else ([], ""))
+    key = run_key(host, data_digest, opts, parent, name, locality_digest + chat_digest)
     ckpt = (checkpoint_root or cache_dir() / "train") / key
     before = brick_loss(host, held, [parent] if parent is not None else [])
     model = _peft_model(host, opts, parent)
-    fit = _fit(model, train, opts, tok.pad_token_id, ckpt, progress and opts.progress, locality)
+    fit = _fit(model, train, opts, tok.pad_token_id, ckpt, progress and opts.progress, locality, chat)
     modules = modules_from_peft(model)
     del model
     meta = BrickMeta(name=name, kind="lora", host=host.ref, method="update-lora" if parent else "train-lora",

@@ -214,3 +214,74 @@ def test_locality_penalty_keeps_unrelated_text_closer_to_the_host(tiny_host, tmp
     ids = heldout_chunks(tiny_host)
     assert kl_to_host(tiny_host, kept, ids) < 0.5 * kl_to_host(tiny_host, free, ids)
     assert kept.meta.metrics["heldout_loss_after"] < kept.meta.metrics["heldout_loss_before"] - 0.1
+
+
+# --- chat locality ---------------------------------------------------------------------------------------
+def test_chat_locality_holds_the_hosts_replies_to_train_split_prompts_and_caches_them(tiny_host, tmp_path,
+                                                                                       monkeypatch):
+    from bricks.ops.data import read_chat_prompts, split_heldout
+    from bricks.ops.train import CHAT_PROMPTS, chat_locality_data
+
+    monkeypatch.setenv("BRICK_CACHE", str(tmp_path / "cache"))
+    opts = train_options({"locality_reply_tokens": 6})
+    chat_data, digest = chat_locality_data(tiny_host, opts)
+    train_prompts, held_prompts = split_heldout(read_chat_prompts(CHAT_PROMPTS), 0.2)
+    assert held_prompts and 0 < len(chat_data) <= len(train_prompts)
+    for e in chat_data:  # the loss mask covers the generated reply only, never the prompt
+        reply = tiny_host.tokenizer.decode(e.input_ids[e.labels != -100])
+        assert 0 < (e.labels != -100).sum() <= 6 + 2, reply
+    held_texts = {p.messages[-1].content for p in held_prompts}
+    rendered = [tiny_host.tokenizer.decode(e.input_ids) for e in chat_data]
+    assert not any(t in r for t in held_texts for r in rendered)  # evaluation's prompts are never trained on
+
+    def no_generation(*a, **k):
+        raise AssertionError("the replies were generated again instead of read from the cache")
+
+    monkeypatch.setattr(train_mod, "host_replies", no_generation)
+    again, digest_again = chat_locality_data(tiny_host, opts)
+    assert digest_again == digest and [e.input_ids.tolist() for e in again] == [e.input_ids.tolist()
+                                                                                 for e in chat_data]
+    assert chat_locality_data(tiny_host, train_options({"locality_chat": "none"})) == ([], "")
+
+
+def test_chat_locality_kl_is_on_reply_positions_and_recorded(tiny_host, tmp_path, monkeypatch):
+    monkeypatch.setenv("BRICK_CACHE", str(tmp_path / "cache"))
+    m = run(tiny_host, tmp_path, options={"steps": 6, "locality_reply_tokens": 6}).brick.meta.metrics
+    assert m["chat_locality_kl_first"] == pytest.approx(0.0, abs=1e-6)
+    assert m["chat_locality_kl_last"] > 0
+    batch = {"input_ids": torch.tensor([[5, 6, 7, 8]]), "attention_mask": torch.ones(1, 4, dtype=torch.long),
+             "labels": torch.tensor([[-100, -100, 7, 8]])}
+
+    class Fake(torch.nn.Module):  # logits differ from the "host" at position 0 only
+        def __init__(self):
+            super().__init__()
+            self.off = False
+
+        def disable_adapter(self):
+            import contextlib
+
+            @contextlib.contextmanager
+            def ctx():
+                self.off = True
+                yield
+                self.off = False
+            return ctx()
+
+        def forward(self, input_ids, attention_mask):
+            logits = torch.zeros(1, 4, 10)
+            if not self.off:
+                logits[0, 0, 3] = 5.0
+            return type("O", (), {"logits": logits})()
+
+    assert locality_kl(Fake(), batch, replies_only=True).item() == pytest.approx(0.0, abs=1e-7)
+    assert locality_kl(Fake(), batch).item() > 0
+
+
+def test_a_bad_chat_prompts_file_is_one_clear_error(tiny_host, tmp_path):
+    from bricks.ops.train import chat_locality_data
+    from bricks.yamlconfig import ConfigError
+
+    bad = tmp_path / "prompts.jsonl"
+    bad.write_text('{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}\n')
+    with pytest.raises(ConfigError, match=r"prompts.jsonl:1.*ends with a non-empty user turn"):
+        chat_locality_data(tiny_host, train_options({"locality_chat": str(bad)}))
