@@ -425,7 +425,7 @@ def grow_facts(host, facts: list[Fact], options: dict | GrowOptions | None, name
                      description=description or f"{len(facts)} facts grown with {spec.name}")
     brick = Brick(meta, parts)
     brick.validate(host.ref)
-    report = {**grow_report(host, brick, facts, heldout, opts, progress=show), **fit}
+    report = {**grow_report(host, brick, facts, seqs, heldout, opts, progress=show), **fit}
     brick.meta.metrics = report
     return GrowResult(brick, report)
 
@@ -617,9 +617,10 @@ def activation_margin(host, brick: Brick, seqs: FactSequences, unrelated: list[s
             "unrelated_tokens": int(next(iter(elsewhere.values())).shape[0])}
 
 
-def grow_report(host, brick: Brick, facts: list[Fact], heldout: list[Fact] | None, opts: GrowOptions,
-                progress: bool = False) -> dict[str, Any]:
-    """EasyEdit-style: reliability, generality, locality, and the new neurons' activation margin."""
+def grow_report(host, brick: Brick, facts: list[Fact], seqs: FactSequences, heldout: list[Fact] | None,
+                opts: GrowOptions, progress: bool = False) -> dict[str, Any]:
+    """EasyEdit-style: reliability, generality, locality, and the new neurons' activation margin.
+    `seqs`: the facts as training encoded them (the margin is measured at the positions it trained)."""
     uses = [BrickUse(brick)]
     bar = tqdm(total=5, desc="measuring", unit="part", disable=not progress, leave=False)
     out: dict[str, Any] = {"n_facts": len(facts), "neurons": brick.size(), "neurons_per_layer": brick.per_layer(),
@@ -645,7 +646,6 @@ def grow_report(host, brick: Brick, facts: list[Fact], heldout: list[Fact] | Non
     corpus = chunk_corpus(held_docs, host.tokenizer, 256)
     out.update(perplexity_change(host, corpus, uses))
     bar.update(1)
-    seqs = encode_facts(host.tokenizer, facts, opts.train_paraphrases)
     out.update(activation_margin(host, brick, seqs, [d.text for d in corpus], opts.neurons_per_fact))
     bar.update(1)
     bar.close()
