@@ -8,7 +8,10 @@ Per task (the held-out 20% of its examples, split by record hash, never trained 
 - the task metric of greedy replies to the held-out prompts, plain host vs the brick;
 - held-out perplexity change on the shipped corpora (bricks/data, the documents extraction holds out):
   a brick for one task should not change text elsewhere (target: |Δ| <= 2%). Training's locality penalty
-  (TrainOptions.locality_weight, default on) uses only the other, train split of those corpora.
+  (TrainOptions.locality_weight, default on) uses only the other, train split of those corpora;
+- the same on chat: the mean KL(host || brick) where the host's own replies to the held-out split of the
+  locality chat prompts (bricks/data/chat, never trained on) are predicted, and the share of those replies
+  whose greedy tokens the brick keeps (token agreement, teacher-forced on the host's reply).
 Merge, per pair of trained bricks A and B: for cat, linear, svd at half the summed rank, ties, dare_linear,
 dare_ties and magnitude_prune, the share of each parent's held-out loss improvement the merge keeps,
 (before - merged) / (before - parent) on that parent's held-out set (targets: cat/linear >= 95%, svd >= 90%);
@@ -69,6 +72,33 @@ def heldout_corpus(host, max_docs: int = 8):
     return chunk_corpus(type(held)(docs), host.tokenizer, 256)
 
 
+def heldout_chat(host) -> list:
+    """The held-out split of the locality chat prompts, each with the plain host's greedy reply, encoded."""
+    from bricks.ops.data import ChatExample, Message, read_chat_prompts
+    from bricks.ops.train import CHAT_PROMPTS, LOCALITY_SPLIT, encode, host_replies
+
+    _, held = split_heldout(read_chat_prompts(CHAT_PROMPTS), LOCALITY_SPLIT)
+    replies = host_replies(host, [[m.model_dump() for m in p.messages] for p in held], 48, progress=False)
+    return [encode(host.tokenizer, ChatExample(messages=[*p.messages, Message(role="assistant", content=r)]), 256)
+            for p, r in zip(held, replies, strict=True) if r]
+
+
+@torch.no_grad()
+def chat_locality(host, data: list, bricks: list) -> dict:
+    """Mean KL(host || bricks) and greedy-token agreement where the host's replies are predicted."""
+    kl_sum, agree, n = 0.0, 0, 0
+    for e in data:
+        ids, at = e.input_ids[None], (e.labels[1:] != -100).nonzero().flatten()
+        plain = host.model(input_ids=ids).logits[0, at].float().log_softmax(-1)
+        with assembly_applied(host.model, host.adapter, assemble(host.ref, [BrickUse(b) for b in bricks])):
+            moved = host.model(input_ids=ids).logits[0, at].float().log_softmax(-1)
+        kl_sum += float((plain.exp() * (plain - moved)).sum())
+        agree += int((plain.argmax(-1) == moved.argmax(-1)).sum())
+        n += len(at)
+    return {"n_prompts": len(data), "n_tokens": n, "mean_kl": round(kl_sum / max(n, 1), 5),
+            "token_agreement": round(agree / max(n, 1), 4)}
+
+
 def task_eval(host, bricks, held_examples, task, n: int, max_new: int) -> dict:
     pairs = [prompt_and_reference(ex) for ex in held_examples[:n]]
     prompts = [p for p, _ in pairs]
@@ -94,6 +124,7 @@ def main() -> None:
     host = load_host()
     corpus = heldout_corpus(host)
     base_ppl = label_perplexity(host, corpus)
+    chat_held = heldout_chat(host)
     options = {"steps": args.steps, "progress": False}
     options.update({k: v for k, v in (("lr", args.lr), ("locality_weight", args.locality_weight)) if v is not None})
     out: dict = {"host": host.ref.name, "steps": args.steps, "train_options": options, "tasks": {}, "merge": {}}
@@ -112,6 +143,7 @@ def main() -> None:
             "task_metric_plain": task_eval(host, [], held, task, args.eval_prompts, args.max_new_tokens),
             "task_metric_brick": task_eval(host, [brick], held, task, args.eval_prompts, args.max_new_tokens),
             "heldout_ppl_delta_pct": {lab: round(100 * (ppl[lab] / base_ppl[lab] - 1), 3) for lab in base_ppl},
+            "heldout_chat": chat_locality(host, chat_held, [brick]),
         }
         print(json.dumps({task: out["tasks"][task]}, default=str), file=sys.stderr)
     for first, second, kind in PAIRS:
