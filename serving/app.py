@@ -31,6 +31,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from bricks.errors import BrickError, InvalidInputError
 from serving.engine import GenRequest
@@ -41,6 +42,7 @@ from serving.service import BrickService
 MAX_NAME_CHARS = 256  # a model name, a brick ref, one stop string
 MAX_STOPS = 4  # as OpenAI
 MAX_REQUEST_BRICKS = 64
+SAMPLING_EPS = 1e-5
 
 
 def _no_lone_surrogates(text: str) -> str:
@@ -50,6 +52,11 @@ def _no_lone_surrogates(text: str) -> str:
     except UnicodeEncodeError:
         raise ValueError("holds an unpaired UTF-16 surrogate (\\ud800-\\udfff); send valid Unicode text") from None
     return text
+
+
+def _greedy_below_eps(temperature: float) -> float:
+    # vLLM's rule (SamplingParams: below 1e-5 is greedy); dividing logits by 1e-176 gives inf, then NaN
+    return 0.0 if temperature < SAMPLING_EPS else temperature
 
 
 Text = Annotated[str, AfterValidator(_no_lone_surrogates)]
@@ -78,7 +85,7 @@ class _Common(BaseModel):
     model: Name | None = None
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
-    temperature: float = Field(1.0, ge=0, le=2)
+    temperature: Annotated[float, Field(ge=0, le=2), AfterValidator(_greedy_below_eps)] = 1.0
     top_p: float = Field(1.0, gt=0, le=1)
     seed: int | None = Field(None, ge=0, le=2**63 - 1)  # what torch and vLLM generators take
     stream: bool = False
@@ -140,6 +147,13 @@ def create_app(service: BrickService) -> FastAPI:
     async def brick_error(request: Request, exc: BrickError):
         prom.requests.labels(request.url.path, str(exc.status)).inc()
         return _error(exc.status, str(exc), type(exc).__name__)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        # FastAPI's own refusals (an unparsable body, an unknown path or method) in the same error shape
+        response = _error(exc.status_code, str(exc.detail), "invalid_request_error")
+        response.headers.update(exc.headers or {})
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def bad_body(request: Request, exc: RequestValidationError):
@@ -225,7 +239,7 @@ def _max_tokens(req: _Common, service: BrickService) -> int:
 
 def _check_sizes(req: _Common, service: BrickService) -> None:
     """The cheap checks, before any tokenizing (the prompt is then checked by characters, then by tokens)."""
-    service.check_limits(0, _max_tokens(req, service))
+    service.check_max_tokens(_max_tokens(req, service))
     most = service.manifest.server.max_messages
     if isinstance(req, ChatRequest) and len(req.messages) > most:
         raise InvalidInputError(f"the request has {len(req.messages)} messages; this server takes at most {most} "

@@ -189,15 +189,22 @@ class BrickService:
 
     def check_limits(self, n_prompt: int, max_tokens: int) -> None:
         s = self.manifest.server
+        if n_prompt < 1:
+            raise InvalidInputError("the prompt is empty (0 tokens): there is nothing to continue",
+                                    "send some text")
         if n_prompt > s.max_prompt_tokens:
             raise InvalidInputError(f"prompt is {n_prompt} tokens, the limit is {s.max_prompt_tokens}",
                                     "shorten the prompt")
-        if max_tokens > s.max_tokens:
-            raise InvalidInputError(f"max_tokens {max_tokens} is above the server's limit {s.max_tokens}",
-                                    f"ask for at most {s.max_tokens}")
+        self.check_max_tokens(max_tokens)
         if n_prompt + max_tokens > self.manifest.engine.max_model_len:
             raise InvalidInputError(f"prompt ({n_prompt}) + max_tokens ({max_tokens}) exceed max_model_len "
                                     f"{self.manifest.engine.max_model_len}", "lower max_tokens")
+
+    def check_max_tokens(self, max_tokens: int) -> None:
+        s = self.manifest.server
+        if max_tokens > s.max_tokens:
+            raise InvalidInputError(f"max_tokens {max_tokens} is above the server's limit {s.max_tokens}",
+                                    f"ask for at most {s.max_tokens}")
 
 
 def open_service(manifest_path: str | Path, registry: Registry, engine_kind: str | None = None,
