@@ -24,6 +24,15 @@ from bricks.ops.train import (
 OPTS = {"steps": 25, "rank": 4, "lr": 1e-2, "batch_size": 4, "progress": False}
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _own_cache(tmp_path_factory):
+    """The locality penalty's cached host replies go to a folder of this module, not the user's cache."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("BRICK_CACHE", str(tmp_path_factory.mktemp("brick-cache")))
+    yield
+    mp.undo()
+
+
 def chat(i: int) -> ChatExample:
     return ChatExample.model_validate({"messages": [
         {"role": "system", "content": "Answer briefly."},
