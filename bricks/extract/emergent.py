@@ -13,6 +13,7 @@ unless `force`.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 from pathlib import Path
@@ -151,9 +152,30 @@ def make_brick(host, profile: Profile, label: str, layers: dict[int, torch.Tenso
     return brick
 
 
-def example_texts(corpus: Corpus, label: str, n: int = 4, chars: int = 300) -> list[str]:
-    docs = sorted(corpus.by_label(label), key=lambda d: d.key())[:n]  # deterministic, not file order
-    return [d.text[:chars] for d in docs]
+ROUTING_KEYS = 64  # routing keys per brick: the router fits a centroid, classifier and threshold on them
+
+
+def example_texts(corpus: Corpus, label: str, n: int = ROUTING_KEYS, chars: int = 300) -> list[str]:
+    """The brick's routing keys: `n` paragraphs of ~`chars` characters spread over all of the label's
+    documents (not only their openings), deterministic by content hash, not file order."""
+    paras = [p for d in corpus.by_label(label) for p in paragraphs(d.text, chars)]
+    paras.sort(key=lambda p: hashlib.sha256(p.encode()).digest())
+    return paras if len(paras) <= n else [paras[i * len(paras) // n] for i in range(n)]
+
+
+def paragraphs(text: str, chars: int = 300) -> list[str]:
+    """Consecutive pieces of ~`chars` characters cut at whitespace; a last piece under half of that
+    is dropped unless it is the only one."""
+    words, out, cur = text.split(" "), [], ""
+    for w in words:
+        if cur and len(cur) + 1 + len(w) > chars:
+            out.append(cur)
+            cur = w
+        else:
+            cur = f"{cur} {w}" if cur else w
+    if cur.strip() and (len(cur) >= chars // 2 or not out):
+        out.append(cur)
+    return [p.strip() for p in out if p.strip()]
 
 
 # --- the extractor ---------------------------------------------------------------------------------------
