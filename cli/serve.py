@@ -95,25 +95,72 @@ def _brick_arg(text: str) -> dict:
 
 @click.command(cls=BrickCommand)
 @click.argument("manifest_path", metavar="MANIFEST", type=click.Path(exists=True, dir_okay=False))
-@click.argument("prompt")
+@click.argument("prompt", required=False)
+@click.option("--eval", "eval_path", type=click.Path(exists=True, dir_okay=False), default=None,
+              help='Route every line of a JSONL file of {"text", "label"} (label "none": no brick should run) '
+              "and report top-1 accuracy per label, the confusion table and the no-brick rate.")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
-def route(ctx: click.Context, manifest_path: str, prompt: str, as_json: bool) -> None:
-    """Explain the routing decision for PROMPT: chosen bricks, scores, threshold."""
-
+def route(ctx: click.Context, manifest_path: str, prompt: str | None, eval_path: str | None, as_json: bool) -> None:
+    """Explain the routing decision for PROMPT (chosen bricks, scores, thresholds), or score it with --eval."""
+    if (prompt is None) == (eval_path is None):
+        raise BrickError("brick route needs a PROMPT or --eval FILE (one of them)",
+                         "e.g. brick route MANIFEST 'Bonjour !' or brick route --eval labelled.jsonl MANIFEST")
     svc = _open(ctx, manifest_path, "transformers", self_test=False)
     router = svc.make_router_only()
+    if eval_path is not None:
+        _route_eval(router, eval_path, _brick_labels(svc.manifest), as_json)
+        return
     d = router.route(prompt)
     if as_json:
         emit_json(d.explain())
         return
-    console.print(f"policy {d.policy}, threshold {d.threshold}, {d.considered} routable brick(s) considered")
-    t = Table("brick", "score", "chosen")
+    rule = f", rule {d.rule}" if d.rule else ""
+    console.print(f"policy {d.policy}{rule}, manifest threshold {d.threshold}, "
+                  f"{d.considered} routable brick(s) considered")
+    t = Table("brick", "score", "cosine", "needs", "chosen")
     chosen = {c.ref for c in d.choices}
     for key, score in d.scores.items():
         entry = router.entries[key]
-        t.add_row(key, f"{score:.3f}", "yes" if entry.choice.ref in chosen else "")
+        sim, need = d.similarity.get(key), d.thresholds.get(key)
+        t.add_row(key, f"{score:.3f}", "" if sim is None else f"{sim:.3f}", "" if need is None else f"{need:.3f}",
+                  "yes" if entry.choice.ref in chosen else "")
     for c in d.choices:
         if not any(router.entries[k].choice.ref == c.ref for k in d.scores):
-            t.add_row(c.ref, "-", "always")
+            t.add_row(c.ref, "-", "", "", "always")
     console.print(t)
+
+
+def _brick_labels(manifest) -> dict[str, str]:
+    """Manifest brick key -> the label it serves: its routing label, else its first label, else the key."""
+    out = {}
+    for b in manifest.bricks:
+        key = b.alias or b.ref
+        v = manifest.resolved.get(b.ref)
+        meta = v.meta if v is not None else None
+        out[key] = (meta and (meta.routing.label or (meta.labels[0] if meta.labels else None))) or key
+    return out
+
+
+def _route_eval(router, eval_path: str, labels: dict[str, str], as_json: bool) -> None:
+    from router.evaluate import NONE, evaluate, load_labelled
+
+    if router.policy != "retrieval":
+        raise BrickError(f"--eval scores retrieval routing; this manifest's policy is {router.policy!r}",
+                         "set routing.policy: retrieval")
+    summary = evaluate(router, load_labelled(eval_path), labels).summary()
+    if as_json:
+        emit_json(summary)
+        return
+    conf = summary["confusion"]
+    predicted = sorted({p for row in conf.values() for p in row} - {NONE}) + [NONE]
+    t = Table("label", "examples", "top-1", *[f"-> {p}" for p in predicted])
+    for lab, row in conf.items():
+        t.add_row(lab, str(sum(row.values())), f"{summary['accuracy'][lab]:.1%}",
+                  *[str(row.get(p, 0) or "") for p in predicted])
+    console.print(t)
+    line = (f"{summary['examples']} examples; lowest top-1 {summary['min_accuracy']:.1%}; "
+            f"no-brick rate {summary['no_brick_rate']:.1%}; more than one brick {summary['extra_brick_rate']:.1%}")
+    if "none_rejected" in summary:
+        line += f"; '{NONE}' examples given no brick {summary['none_rejected']:.1%}"
+    console.print(line)
