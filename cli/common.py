@@ -7,7 +7,9 @@ command runs on its own (click's test runner), outside the `brick` group.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import click
@@ -100,3 +102,31 @@ def signed(v: float | None) -> str:
 
 
 ENGINES = click.Choice(ENGINE_KINDS)
+
+verbose_option = click.option("--verbose", is_flag=True,
+                              help="Show vLLM's INFO logs here too (by default: only its warnings and errors; "
+                              "all of it goes to a log file under the brickwork cache).")
+
+
+def quiet_vllm(verbose: bool) -> Path | None:
+    """First thing in a command that may start a vLLM engine, before vLLM is imported: vLLM's log goes to a
+    file under the cache's logs/ folder (returned; None when the user configured vLLM's logging)."""
+    from bricks.host import cache_dir
+    from serving.vllm_logs import configure_vllm_logs
+
+    return configure_vllm_logs(cache_dir() / "logs", verbose)
+
+
+@contextmanager
+def engine_logs(log: Path | None, engine_kind: str) -> Iterator[None]:
+    """Around starting and running an engine: names vLLM's log file once, and again when anything fails
+    (vLLM's own error is on the console: its warnings and errors always are)."""
+    if log is None or engine_kind != "vllm":
+        yield
+        return
+    err_console.print(f"[dim]vLLM's log: {log} (--verbose shows it here)[/dim]", highlight=False, soft_wrap=True)
+    try:
+        yield
+    except Exception:
+        err_console.print(f"[red]vLLM's full log: {log}[/red]", highlight=False, soft_wrap=True)
+        raise

@@ -20,7 +20,7 @@ import click
 from rich.table import Table
 
 from bricks.constants import DEFAULT_HOST
-from cli.common import ENGINES, BrickCommand, console, open_registry, signed
+from cli.common import ENGINES, BrickCommand, console, engine_logs, open_registry, quiet_vllm, signed, verbose_option
 
 if TYPE_CHECKING:
     from bricks.corpus import Corpus
@@ -44,11 +44,13 @@ PROMPTS = [
 @click.command("demo", cls=BrickCommand)
 @click.option("--engine", type=ENGINES, default="vllm", show_default=True)
 @click.option("--max-tokens", default=40, show_default=True)
+@verbose_option
 @click.pass_context
-def demo_cmd(ctx: click.Context, engine: str, max_tokens: int) -> None:
+def demo_cmd(ctx: click.Context, engine: str, max_tokens: int, verbose: bool) -> None:
     """Run the whole pipeline on SmolLM2: extract bricks, publish, serve per-request assemblies."""
     from bricks.host import host_ref, load_host
 
+    log = quiet_vllm(verbose)
     reg = open_registry(ctx)
     ref = host_ref()
     console.rule("1. host")
@@ -57,7 +59,8 @@ def demo_cmd(ctx: click.Context, engine: str, max_tokens: int) -> None:
     console.rule("2. extract emergent bricks from the shipped corpora")
     bricks = _ensure_bricks(reg, host)
     console.rule(f"3. serve on {engine}: per-request assemblies")
-    asyncio.run(_serve(reg, host, bricks, engine, max_tokens))
+    with engine_logs(log, engine):
+        asyncio.run(_serve(reg, host, bricks, engine, max_tokens))
 
 
 def publish_demo_bricks(reg: Registry, host: Host, corpus: Corpus | None = None,

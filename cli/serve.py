@@ -6,7 +6,17 @@ import click
 from rich.table import Table
 
 from bricks.errors import BrickError
-from cli.common import ENGINES, BrickCommand, console, emit_json, err_console, open_registry
+from cli.common import (
+    ENGINES,
+    BrickCommand,
+    console,
+    emit_json,
+    engine_logs,
+    err_console,
+    open_registry,
+    quiet_vllm,
+    verbose_option,
+)
 
 
 def _open(ctx: click.Context, manifest_path: str, engine: str | None, self_test: bool = True):
@@ -20,8 +30,10 @@ def _open(ctx: click.Context, manifest_path: str, engine: str | None, self_test:
 @click.option("--engine", type=ENGINES, default=None, help="Override engine.kind.")
 @click.option("--host", "bind", default=None, help="Override server.host.")
 @click.option("--port", type=int, default=None, help="Override server.port.")
+@verbose_option
 @click.pass_context
-def serve(ctx: click.Context, manifest_path: str, engine: str | None, bind: str | None, port: int | None) -> None:
+def serve(ctx: click.Context, manifest_path: str, engine: str | None, bind: str | None, port: int | None,
+          verbose: bool) -> None:
     """Serve MANIFEST over an OpenAI-compatible HTTP API (per-request bricks)."""
     import asyncio
 
@@ -29,6 +41,7 @@ def serve(ctx: click.Context, manifest_path: str, engine: str | None, bind: str 
 
     from serving.app import create_app
 
+    log = quiet_vllm(verbose)
     svc = _open(ctx, manifest_path, engine)
     cfg = svc.manifest.server
 
@@ -41,7 +54,8 @@ def serve(ctx: click.Context, manifest_path: str, engine: str | None, bind: str 
         finally:
             await svc.stop()
 
-    asyncio.run(main_async())
+    with engine_logs(log, svc.engine_kind):
+        asyncio.run(main_async())
 
 
 @click.command(cls=BrickCommand)
@@ -53,14 +67,16 @@ def serve(ctx: click.Context, manifest_path: str, engine: str | None, bind: str 
 @click.option("--temperature", default=0.0, show_default=True)
 @click.option("--chat/--no-chat", default=True, show_default=True, help="Wrap the prompt in the chat template.")
 @click.option("--json", "as_json", is_flag=True)
+@verbose_option
 @click.pass_context
 def generate(ctx: click.Context, manifest_path: str, prompt: str, brick_refs: tuple[str, ...], engine: str | None,
-             max_tokens: int, temperature: float, chat: bool, as_json: bool) -> None:
+             max_tokens: int, temperature: float, chat: bool, as_json: bool, verbose: bool) -> None:
     """One-off generation with MANIFEST's routing (plus --bricks)."""
     import asyncio
 
     from serving.engine import GenRequest
 
+    log = quiet_vllm(verbose)
     svc = _open(ctx, manifest_path, engine, self_test=False)
     requested = [_brick_arg(b) for b in brick_refs] or None
 
@@ -75,7 +91,8 @@ def generate(ctx: click.Context, manifest_path: str, prompt: str, brick_refs: tu
         finally:
             await svc.stop()
 
-    decision, built, out = asyncio.run(run())
+    with engine_logs(log, svc.engine_kind):
+        decision, built, out = asyncio.run(run())
     if as_json:
         emit_json({"text": out.text, "bricks": built.refs, "assembly": built.id, "routing": decision.explain()})
         return
