@@ -49,11 +49,14 @@ def _batch_nll(host, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> t
 
 
 def label_nll(host, corpus: Corpus, uses: list[BrickUse] | None = None, batch_tokens: int = 4096,
-              max_len: int = 256, progress: bool = False) -> dict[str, tuple[float, int]]:
-    """{label: (summed NLL, predicted tokens)} with the assembly of `uses` applied."""
+              max_len: int = 256, progress: bool = False, bar: tqdm | None = None) -> dict[str, tuple[float, int]]:
+    """{label: (summed NLL, predicted tokens)} with the assembly of `uses` applied. A `bar` given is advanced
+    instead of a bar of its own: a phase of several passes shows one bar."""
     assembly = assemble(host.ref, list(uses or []))
     sums: dict[str, list] = {lab: [0.0, 0] for lab in corpus.labels()}
-    bar = tqdm(total=len(corpus), desc="perplexity", unit="doc", disable=not progress, leave=False)
+    own_bar = bar is None
+    if own_bar:
+        bar = tqdm(total=len(corpus), desc="perplexity", unit="doc", disable=not progress, leave=False)
     with torch.inference_mode(), assembly_applied(host.model, host.adapter, assembly):
         for b in batches(corpus, host.tokenizer, batch_tokens=batch_tokens, max_len=max_len):
             nll = _batch_nll(host, b.input_ids, b.attention_mask)
@@ -61,7 +64,8 @@ def label_nll(host, corpus: Corpus, uses: list[BrickUse] | None = None, batch_to
                 sums[lab][0] += v
                 sums[lab][1] += max(n, 0)
             bar.update(len(b.labels))
-    bar.close()
+    if own_bar:
+        bar.close()
     return {lab: (s, n) for lab, (s, n) in sums.items()}
 
 

@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 import torch
 from pydantic import Field, field_validator
+from tqdm.auto import tqdm
 
 from bricks.analysis.spectrum import participation_ratio
 from bricks.corpus import Corpus
@@ -257,8 +258,10 @@ def extract_clusters(host, corpus: Corpus, options: ClusterOptions | None = None
     layers = parse_layers(opt.layers, host.n_layers)
     sample = token_slices(corpus, host.tokenizer, opt.max_tokens, seed=opt.seed)
     ta = collect_activations(host, sample, dict.fromkeys(layers), progress=opt.progress)
-    results = [analyse_layer(ta, layer, host.adapter.ffn_weights(host.model, layer)[2].detach().float(), int(opt.k),
-                             opt.balance, opt.seed, opt.n_random) for layer in layers]
+    results = []
+    for layer in tqdm(layers, desc="clustering", unit="layer", disable=not opt.progress):
+        w_down = host.adapter.ffn_weights(host.model, layer)[2].detach().float()
+        results.append(analyse_layer(ta, layer, w_down, int(opt.k), opt.balance, opt.seed, opt.n_random))
     ranked = sorted(((r, s) for r in results for s in r.stats), key=lambda rs: -rs[1]["quality"])
     cohesive = [rs for rs in ranked if rs[1]["quality"] > 0 or opt.force]
     keep = cohesive if opt.max_bricks is None else cohesive[: int(opt.max_bricks)]

@@ -21,6 +21,7 @@ from typing import Literal
 
 import torch
 from pydantic import Field, field_validator
+from tqdm.auto import tqdm
 
 from bricks.compose import BrickUse
 from bricks.corpus import Corpus
@@ -269,7 +270,11 @@ def extract_emergent(host, corpus: Corpus, options: EmergentOptions | None = Non
     held_chunks = chunk_corpus(held, host.tokenizer, opt.max_len)
     prof = _train_profile(host, train, Corpus(list(held) + list(held_chunks)), train_profile or opt.profile, opt)
     held_chunks = cap_tokens(held_chunks, host.tokenizer, opt.eval_tokens)
-    base = label_perplexity(host, held_chunks, batch_tokens=opt.batch_tokens, max_len=opt.max_len) if held else {}
+    # the held-out check: a pass without bricks, then one per candidate with held-out text of its label
+    passes = 1 + len(set(want) & set(held_chunks.labels()))
+    bar = tqdm(total=len(held_chunks) * passes, desc="held-out check", unit="doc", disable=not opt.progress or not held)
+    base = label_perplexity(host, held_chunks, batch_tokens=opt.batch_tokens, max_len=opt.max_len,
+                            bar=bar) if held else {}
     w_norm = down_norms(host)
     common = {"method": opt.method, "top_pct": opt.top_pct, "held_out": opt.held_out, "split_seed": opt.seed,
               "max_len": opt.max_len, "corpus_digest": corpus.digest(), "dominant": opt.dominant,
@@ -283,7 +288,7 @@ def extract_emergent(host, corpus: Corpus, options: EmergentOptions | None = Non
         brick = make_brick(host, prof, lab, layers, brick_name(name, lab), example_texts(train, lab),
                            method="emergent", params=params, metrics={"selection": stats},
                            description=f"{lab} neurons ({scorer}, top {opt.top_pct:g}% of FFN neurons); gain 0 ablates")
-        verdict = _judge(host, brick, lab, held_chunks, base, opt)
+        verdict = _judge(host, brick, lab, held_chunks, base, opt, bar)
         result.report["labels"][lab] = {"size": stats["k"], "selection": stats, **verdict}
         if "held_out" in verdict:
             m = verdict["held_out"]
@@ -292,6 +297,7 @@ def extract_emergent(host, corpus: Corpus, options: EmergentOptions | None = Non
             result.skipped[brick.name] = verdict["rejected"]
             continue
         result.bricks.append(brick)
+    bar.close()
     return result
 
 
@@ -305,13 +311,14 @@ def _labels(corpus: Corpus, labels: list[str] | str | None) -> list[str]:
     return want
 
 
-def _judge(host, brick: Brick, lab: str, held: Corpus, base: dict, opt: EmergentOptions) -> dict:
+def _judge(host, brick: Brick, lab: str, held: Corpus, base: dict, opt: EmergentOptions, bar: tqdm) -> dict:
     """Ablate the candidate on held-out text; record the metrics in the brick and return the verdict."""
     if not held:
         return {}
     if lab not in base:
         return {"rejected": f"no held-out {lab} text to check it on (add {lab} documents or raise held_out)"}
-    ppl = label_perplexity(host, held, [BrickUse(brick)], batch_tokens=opt.batch_tokens, max_len=opt.max_len)
+    ppl = label_perplexity(host, held, [BrickUse(brick)], batch_tokens=opt.batch_tokens, max_len=opt.max_len,
+                           bar=bar)
     metrics, why = held_out_check(lab, delta_pct(ppl, base), opt.min_selectivity, opt.min_own)
     brick.meta.metrics["held_out"] = metrics
     return {"held_out": metrics, **({"rejected": why} if why else {})}

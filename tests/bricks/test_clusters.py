@@ -80,3 +80,10 @@ def test_extractor_on_tiny_host(tiny_host):
         assert s.label_means.shape == (5, s.indices.numel()) and b.meta.profile["neurons"]
     sizes = [c["size"] for c in ex.report["layers"][2]["clusters"]]
     assert sum(sizes) == tiny_host.d_ff and max(sizes) <= 2 * tiny_host.d_ff // 4
+
+
+@pytest.mark.parametrize("progress", [True, False])
+def test_clustering_shows_progress(tiny_host, capsys, progress):
+    docs = [Doc(f"{t} {i}", "en") for i in range(4) for t in TINY_TEXT]
+    get_extractor("clusters").run(tiny_host, Corpus(docs), name="cl", layers="1,2", k=4, progress=progress)
+    assert ("clustering: 100%" in capsys.readouterr().err) == progress

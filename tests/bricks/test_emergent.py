@@ -114,3 +114,11 @@ def test_extract_rejects_bad_options(tiny_host):
         get_extractor("emergent").run(tiny_host, _tiny_corpus(), name="x", method="magic", progress=False)
     with pytest.raises(InvalidInputError):
         get_extractor("emergent").run(tiny_host, _tiny_corpus(), name="x", labels=["klingon"], progress=False)
+
+
+@pytest.mark.parametrize("progress", [True, False])
+def test_the_held_out_check_shows_progress(tiny_host, capsys, progress):
+    extract_emergent(tiny_host, _tiny_corpus(), EmergentOptions(top_pct=2.0, progress=progress), name="lang")
+    err = capsys.readouterr().err
+    assert ("held-out check: 100%" in err) == progress
+    assert ("held-out check" in err) == progress
