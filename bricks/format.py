@@ -25,7 +25,7 @@ from safetensors.torch import save as st_save
 from bricks.errors import HostMismatchError, InvalidInputError
 from bricks.kinds import KINDS, Kind, kind_of
 from bricks.kinds.base import bad_brick
-from bricks.refs import NAME_RE
+from bricks.refs import check_name
 
 FORMAT_VERSION = 1
 META_KEY = "brickwork"
@@ -82,12 +82,10 @@ class BrickMeta(BaseModel):
     @field_validator("name")
     @classmethod
     def _name_ok(cls, v: str) -> str:
-        if not NAME_RE.match(v):
-            raise ValueError(
-                f"brick name {v!r} is not allowed: use lowercase letters, digits, '.', '_' or '-' "
-                "(1-64 characters, starting with a letter or digit)"
-            )
-        return v
+        try:
+            return check_name(v)
+        except InvalidInputError as e:  # the registry's and the ref grammar's words, as a ValueError for pydantic
+            raise ValueError(f"{e.problem}: {e.fix}") from None
 
 
 @dataclass

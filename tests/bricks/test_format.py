@@ -1,11 +1,16 @@
+import json
+
 import pytest
 import torch
+from pydantic import ValidationError
+from safetensors.torch import save as st_save
 
 from bricks.errors import HostMismatchError, InvalidInputError
-from bricks.format import Brick, BrickMeta, HostRef, brick_from_bytes, load_brick, save_brick
+from bricks.format import META_KEY, Brick, BrickMeta, HostRef, brick_from_bytes, load_brick, save_brick
 from bricks.kinds.growth import GrowthNeurons
 from bricks.kinds.lora import LoraModule
 from bricks.kinds.neurons import neuron_brick
+from bricks.refs import check_name
 
 HOST = HostRef(fingerprint="sha256:" + "ab" * 32, arch="LlamaForCausalLM", n_layers=4, d_model=64, d_ff=128,
                n_heads=4, n_kv_heads=2, head_dim=16, name="tiny")
@@ -89,9 +94,20 @@ def test_unknown_lora_target_is_refused():
         b.to_bytes()
 
 
-def test_bad_name_is_refused():
-    with pytest.raises(Exception, match="not allowed"):
-        neuron_brick("Bad Name", HOST, {1: [1]})
+@pytest.mark.parametrize("name", ["Bad Name", "../x", "a/b", "", "a" * 65])
+def test_bad_name_is_refused_in_the_registrys_words(name):
+    with pytest.raises(InvalidInputError) as registry_says:
+        check_name(name)
+    with pytest.raises(ValidationError) as meta_says:
+        neuron_brick(name, HOST, {1: [1]})
+    want = f"{registry_says.value.problem}: {registry_says.value.fix}"
+    assert want in meta_says.value.errors()[0]["msg"]
+    good = neuron_brick("ok", HOST, {1: [1]})
+    meta = {**json.loads(good.meta.model_dump_json()), "name": name}
+    stored = st_save(good.tensors(), metadata={META_KEY: json.dumps(meta)})  # a file whose metadata names it so
+    with pytest.raises(InvalidInputError) as load_says:
+        brick_from_bytes(stored)
+    assert want in str(load_says.value)
 
 
 def test_truncated_file_is_a_clear_error(tmp_path):
