@@ -60,7 +60,7 @@ from bricks.steer.generation import generate_chat  # noqa: E402
 from registry import Registry  # noqa: E402
 
 PAIRS = [("json-extract", "span-qa", "compatible"), ("json-extract", "style", "conflicting")]
-DEFAULT_TASKS = "json-extract,style,span-qa"
+DEFAULT_TASKS = "json-extract,span-qa,style"  # the compatible pair first: its merge runs as soon as both exist
 MERGES = [("cat", {}), ("linear", {}), ("svd", {"target_rank": "half"}), ("ties", {"density": 0.5}),
           ("dare_linear", {"density": 0.5}), ("dare_ties", {"density": 0.5}), ("magnitude_prune", {"density": 0.5})]
 
@@ -125,7 +125,7 @@ def main() -> None:
     corpus = heldout_corpus(host)
     base_ppl = label_perplexity(host, corpus)
     chat_held = heldout_chat(host)
-    options = {"steps": args.steps, "progress": False}
+    options = {"steps": args.steps, "progress": True}
     options.update({k: v for k, v in (("lr", args.lr), ("locality_weight", args.locality_weight)) if v is not None})
     out: dict = {"host": host.ref.name, "steps": args.steps, "train_options": options, "tasks": {}, "merge": {}}
     bricks, held_sets = {}, {}
@@ -146,19 +146,25 @@ def main() -> None:
             "heldout_chat": chat_locality(host, chat_held, [brick]),
         }
         print(json.dumps({task: out["tasks"][task]}, default=str), file=sys.stderr)
-    for first, second, kind in PAIRS:
-        if first in bricks and second in bricks:
-            pair = [first, second]
-            out["merge"][f"{first}+{second}"] = {"pair": kind, **merge_pair(host, bricks, held_sets, pair)}
-            print(json.dumps({f"{first}+{second}": out["merge"][f"{first}+{second}"]}), file=sys.stderr)
+        save(out, args.out)
+        for first, second, kind in PAIRS:  # each pair as soon as both of its bricks exist
+            key = f"{first}+{second}"
+            if first in bricks and second in bricks and key not in out["merge"]:
+                out["merge"][key] = {"pair": kind, **merge_pair(host, bricks, held_sets, [first, second])}
+                print(json.dumps({key: out["merge"][key]}), file=sys.stderr)
+                save(out, args.out)
     if args.update_task:
         steps = args.update_steps or max(1, args.steps // 2)
         out["update"] = update_check(host, args.update_task, {**options, "steps": steps})
         print(json.dumps({"update": out["update"]}, default=str), file=sys.stderr)
-    text = json.dumps(out, indent=2, default=str)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text)
+    print(json.dumps(out, indent=2, default=str))
+    save(out, args.out)
+
+
+def save(out: dict, path: str | None) -> None:
+    """The figures so far (a long run can be stopped and still leave what it measured)."""
+    if path:
+        Path(path).write_text(json.dumps(out, indent=2, default=str))
 
 
 def update_check(host, task: str, options: dict) -> dict:
