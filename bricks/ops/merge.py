@@ -69,7 +69,7 @@ from bricks.kinds.base import BrickUse, LowRank
 from bricks.kinds.lora import LoraModule, lora_module_shape
 from bricks.kinds.neurons import NeuronMap, NeuronSet, compose_neurons
 from bricks.lora import truncate
-from bricks.refs import NAME_RE
+from bricks.refs import check_name
 
 ROUTING_CAP = 32  # a merged brick's routing keys: at most this many of its parents' texts
 MAX_RANK = LORA_RANKS[-1]  # vLLM's largest LoRA rank: a larger target could not be served
@@ -210,7 +210,7 @@ def merge_bricks(bricks: list[Brick], method: str, params: dict[str, Any] | Base
     """A new brick merging `bricks` (in order) with `method`; everything is checked before any work."""
     spec = get_merge_method(method)
     opts = spec.parse(params)
-    _check_name(name)
+    check_name(name)  # the one brick-name rule, in the registry's words
     _check_parents(bricks, spec)
     weights = getattr(opts, "weights", None)
     if weights is not None and len(weights) != len(bricks):
@@ -229,13 +229,6 @@ def merge_bricks(bricks: list[Brick], method: str, params: dict[str, Any] | Base
     brick = Brick(meta, merged.parts)
     brick.validate()
     return brick
-
-
-def _check_name(name: str) -> None:
-    if not NAME_RE.match(name):
-        raise InvalidInputError(f"merged brick name {name!r} is not allowed",
-                                "use lowercase letters, digits, '.', '_' or '-' (1-64 characters, "
-                                "starting with a letter or digit)")
 
 
 def _check_parents(bricks: list[Brick], spec: MergeSpec) -> None:

@@ -313,7 +313,7 @@ def test_bad_parents_and_names_are_refused(tiny_host):
     a, b = lora_pair(tiny_host.ref)
     with pytest.raises(InvalidInputError, match="at least 2 bricks"):
         merge_bricks([a], "cat", {}, name="x")
-    with pytest.raises(InvalidInputError, match="name 'Bad Name'"):
+    with pytest.raises(InvalidInputError, match="'Bad Name' is not a valid brick name"):
         merge_bricks([a, b], "cat", {}, name="Bad Name")
     n, m = neuron_pair(tiny_host.ref)
     with pytest.raises(InvalidInputError, match="weighted option weights.*>= 0"):
