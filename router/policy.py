@@ -31,7 +31,8 @@ from router.assembly import BrickChoice
 from router.embed import Embedder
 
 RULES = ("centroid", "knn", "linear")
-DEFAULT_RULE = "centroid"
+DEFAULT_RULE = "knn"  # the most accurate on bench/bench_routing.py
+KNN_MAX_KEYS = 200_000  # past this many key vectors, knn searches centroids instead (one row per brick)
 MIN_CALIBRATED_KEYS = 16  # fewer keys: the manifest threshold (a 2% quantile of 3 cosines means nothing)
 CALIBRATION_QUANTILE = 0.02  # the share of the brick's own held-out keys that the threshold may reject
 CALIBRATION_FOLDS = 4
@@ -156,7 +157,7 @@ class BrickIndex:
             probs = model.predict_proba(q)[0]
             best = np.argsort(-probs)[: max(top_k * 2, 5)]
             return [(names[i], float(probs[i])) for i in best]
-        if self.rule == "knn":
+        if self.rule == "knn" and self.index.ntotal <= KNN_MAX_KEYS:
             return self._knn(q, top_k)
         k = min(len(self.bricks), max(top_k * 2, 5))
         scores, rows = self.centroids.search(q, k)

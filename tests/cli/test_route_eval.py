@@ -8,6 +8,7 @@ import pytest
 from bricks.format import RoutingKeys, save_brick
 from bricks.kinds.neurons import neuron_brick
 from router.embed import CharNgramEmbedder
+from router.policy import DEFAULT_RULE
 from tests.router.test_rules import CODE, DE, FR, keys
 
 
@@ -44,7 +45,7 @@ def test_route_eval_reports_accuracy_confusion_and_no_brick(run, manifest, tmp_p
 
 def test_route_explains_one_prompt_with_thresholds(run, manifest):
     d = json.loads(run("route", str(manifest), "Die Katze spielt im Garten der Großmutter", "--json"))
-    assert d["bricks"] == ["lang-de@^1"] and d["rule"] == "centroid" and "lang-de@^1" in d["thresholds"]
+    assert d["bricks"] == ["lang-de@^1"] and d["rule"] == DEFAULT_RULE and "lang-de@^1" in d["thresholds"]
     assert "needs" in run("route", str(manifest), "Die Katze spielt im Garten")
 
 

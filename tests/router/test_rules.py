@@ -76,7 +76,7 @@ def test_old_bricks_with_few_texts_still_route():
 
 def test_bulk_loaded_centroids_route_and_use_the_manifest_threshold():
     emb = CharNgramEmbedder(dim=64)
-    index = BrickIndex(emb, threshold=0.5)
+    index = BrickIndex(emb, rule="centroid", threshold=0.5)
     vecs = np.eye(64, dtype=np.float32)[:3]
     index.add_many(["a", "b", "c"], vecs)
     assert index.rank(vecs[1], 1)[0] == ("b", 1.0) and index.thresholds == {"a": 0.5, "b": 0.5, "c": 0.5}
