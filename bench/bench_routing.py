@@ -27,24 +27,26 @@ from bricks.corpus import load_corpus
 from bricks.extract.emergent import example_texts
 from router.assembly import BrickChoice
 from router.embed import get_embedder
-from router.evaluate import evaluate, held_out_paragraphs, load_labelled
+from router.evaluate import NONE, evaluate, held_out_paragraphs, load_labelled
 from router.policy import RULES, RouteEntry, Router
 
 DATA = Path(__file__).resolve().parents[1] / "bricks" / "data" / "routing"
 
 
-def label_router(embedder, rule: str, keys: int, top_k: int = 2) -> Router:
+def label_router(embedder, rule: str, keys: int, top_k: int = 2, without: tuple[str, ...] = ()) -> Router:
     train, _ = load_corpus("builtin").split(0.2, seed=0)
     entries = [RouteEntry(lab, BrickChoice(f"lang-{lab}"), True, example_texts(train, lab, n=keys))
-               for lab in train.labels()]
+               for lab in train.labels() if lab not in without]
     return Router("retrieval", entries, top_k=top_k, embedder=embedder, rule=rule)
 
 
-def eval_sets(per_label: int | None) -> dict[str, list[tuple[str, str]]]:
+def eval_sets(per_label: int | None, without: tuple[str, ...] = ()) -> dict[str, list[tuple[str, str]]]:
+    """Evaluation sets; the examples of a label in `without` (a brick the manifest lacks) expect no brick."""
     _, held = load_corpus("builtin").split(0.2, seed=0)
-    return {"paragraphs": held_out_paragraphs(held, 300, per_label),
+    sets = {"paragraphs": held_out_paragraphs(held, 300, per_label),
             "prompts": load_labelled(DATA / "prompts.jsonl"),
             "out_of_domain": load_labelled(DATA / "out_of_domain.jsonl")}
+    return {k: [(t, NONE if lab in without else lab) for t, lab in v] for k, v in sets.items()}
 
 
 def make_embedder(name: str):
@@ -56,14 +58,15 @@ def make_embedder(name: str):
     return get_embedder("host", host.model, host.tokenizer)
 
 
-def accuracy(embedders: list[str], rules: list[str], keys: int, per_label: int | None) -> dict:
-    sets = eval_sets(per_label)
+def accuracy(embedders: list[str], rules: list[str], keys: int, per_label: int | None,
+             without: tuple[str, ...] = ()) -> dict:
+    sets = eval_sets(per_label, without)
     out = {}
     for name in embedders:
         emb = make_embedder(name)
         for rule in rules:
             t0 = time.perf_counter()
-            router = label_router(emb, rule, keys)
+            router = label_router(emb, rule, keys, without=without)
             build_s = time.perf_counter() - t0
             row = {"build_s": round(build_s, 2), "thresholds": {k: round(v, 3) for k, v in
                                                                  router.index.thresholds.items()}}
@@ -74,7 +77,7 @@ def accuracy(embedders: list[str], rules: list[str], keys: int, per_label: int |
                     row[set_name] = {"none_rejected": s["none_rejected"], "confusion": s["confusion"]["none"]}
                 else:
                     row[set_name] = {k: s[k] for k in ("accuracy", "min_accuracy", "no_brick_rate",
-                                                         "extra_brick_rate", "confusion")}
+                                                         "extra_brick_rate", "confusion", "none_rejected") if k in s}
             out[f"{name}/{rule}"] = row
             print(f"{name}/{rule}: paragraphs min {row['paragraphs']['min_accuracy']:.3f} "
                   f"prompts min {row['prompts']['min_accuracy']:.3f} "
@@ -107,6 +110,8 @@ def main() -> None:
     ap.add_argument("--rules", default=",".join(RULES))
     ap.add_argument("--keys", type=int, default=64, help="routing keys per brick")
     ap.add_argument("--per-label", type=int, default=None, help="cap held-out paragraphs per label")
+    ap.add_argument("--without", default="", help="labels with no brick (as in manifests/smollm2-languages.yaml: "
+                    "en); their examples should get none")
     ap.add_argument("--latency-only", action="store_true")
     ap.add_argument("--no-latency", action="store_true")
     ap.add_argument("--latency-embedders", default="minilm,minilm+chars")
@@ -115,7 +120,9 @@ def main() -> None:
     torch.set_num_threads(2)
     result = {}
     if not args.latency_only:
-        result["accuracy"] = accuracy(args.embedders.split(","), args.rules.split(","), args.keys, args.per_label)
+        without = tuple(x for x in args.without.split(",") if x)
+        result["accuracy"] = accuracy(args.embedders.split(","), args.rules.split(","), args.keys, args.per_label,
+                                      without)
     if not args.no_latency:
         result["latency"] = [routing_latency(embedder=e, rule=r) for e in args.latency_embedders.split(",")
                              for r in args.latency_rules.split(",")]
