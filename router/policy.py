@@ -32,7 +32,7 @@ from router.embed import Embedder
 
 RULES = ("centroid", "knn", "linear")
 DEFAULT_RULE = "knn"  # the most accurate on bench/bench_routing.py
-KNN_MAX_KEYS = 200_000  # past this many key vectors, knn searches centroids instead (one row per brick)
+KNN_MAX_KEYS = 20_000  # past this many key vectors (~300 bricks of 64), knn searches centroids (one row a brick)
 MIN_CALIBRATED_KEYS = 16  # fewer keys: the manifest threshold (a 2% quantile of 3 cosines means nothing)
 CALIBRATION_QUANTILE = 0.02  # the share of the brick's own held-out keys that the threshold may reject
 CALIBRATION_FOLDS = 4

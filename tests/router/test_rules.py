@@ -125,3 +125,13 @@ def test_routing_keys_are_many_paragraphs_from_every_document():
     assert all(len(p) <= 300 for p in paragraphs("x " * 1000)) and paragraphs("short") == ["short"]
     held = held_out_paragraphs(corpus, 300, per_label=5)
     assert len(held) == 5 and {lab for _, lab in held} == {"fr"}
+
+
+def test_knn_searches_centroids_past_the_key_limit(monkeypatch):
+    r = Router("retrieval", label_entries(), top_k=1, embedder=CharNgramEmbedder(), rule="knn")
+    q = r.index.embedder.embed(["Die Katze spielt im Garten der Großmutter"])[0]
+    knn = r.index.rank(q, 1)
+    monkeypatch.setattr("router.policy.KNN_MAX_KEYS", 10)
+    central = r.index.rank(q, 1)
+    assert knn[0][0] == central[0][0] == "de"
+    assert central[0][1] == pytest.approx(r.index.similarity("de", q), abs=1e-5)  # the centroid cosine
