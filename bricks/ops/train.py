@@ -19,7 +19,7 @@ continues training from a parent version (its A and B are the starting point). B
   greedy ones, generated once per host and cached), where the reply is predicted: every task is a chat,
   and plain text alone does not stop a brick from keying on the chat format. With the text part only, a
   span-qa brick alone raised json-extract's held-out loss 0.88 -> 1.03 and their `cat` merge kept 79.5% of
-  json-extract's improvement; with the chat part too the merge keeps 96.2% (bench/bench_ops.py);
+  json-extract's improvement (60-step bricks); with the chat part too, 96.2% (100 steps, bench/bench_ops.py);
 - are deterministic for a seed (LoRA init, batch order) and resumable: a checkpoint (the trainable
   tensors, the optimizer's moments, the step) is written every `save_every` steps and on Ctrl-C, under a
   key of (host, data, options, parent, locality text), and the same call picks it up again.
