@@ -130,7 +130,8 @@ class RoutingConfig(Section):
         "bricks on every request; retrieval: the top_k routable bricks closest to the request, plus the rest")
     top_k: int = Field(2, ge=1, le=64, description="retrieval: most routable bricks chosen per request")
     threshold: FiniteFloat = Field(0.3, ge=-1, le=1, description="retrieval: least cosine similarity to choose a brick")
-    embedder: Literal["minilm", "host"] = Field("minilm", description="retrieval: what embeds requests")
+    embedder: Literal["minilm", "host", "chars", "minilm+chars"] = Field(
+        "minilm", description="retrieval: what embeds requests (router/embed.py; see bench/bench_routing.py)")
     allow_request_bricks: bool = Field(True, description="whether requests may name bricks explicitly")
 
 
