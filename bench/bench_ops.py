@@ -20,10 +20,11 @@ Two pairs are reported:
 - json-extract + span-qa, the primary figures: a compatible pair. Each task is keyed to its own
   instruction and input (a sentence about a person to turn into JSON; a passage and a question), so one
   brick can do both and the merge should keep both improvements.
-- json-extract + style, a conflicting pair, for reference: style rewrites the reply to any question as three
-  lowercase bullets, json-extract wants one line of JSON for its prompts, so merged the two deltas pull the
-  same tokens different ways and neither can keep all of its improvement (json-extract loses most). Low
-  retention here measures the conflict, not the merge method.
+- json-extract + style, the pair that conflicts where each brick fires beyond its own prompts: style rewrites
+  the reply to *any* question as three lowercase bullets, json-extract wants one line of JSON. Trained
+  without the locality penalty, cat kept 32% / 91% of their improvements; with the penalty's text and chat
+  parts each brick stays off the other's prompts, and cat kept 99.9% / 99.9% (100 steps). Named
+  "conflicting" in the output for continuity.
 Update (`--update-task`, default style: the task whose loss is furthest from zero, so more data can still
 help): its examples are split in two halves by a hash of each record (salted, so unrelated to the held-out
 split); v1 is trained on half A, v2 continues v1 on half B (`train_lora(..., parent=v1)`, what `brick update`
