@@ -75,13 +75,12 @@ def heldout_corpus(host, max_docs: int = 8):
 
 def heldout_chat(host) -> list:
     """The held-out split of the locality chat prompts, each with the plain host's greedy reply, encoded."""
-    from bricks.ops.data import ChatExample, Message, read_chat_prompts
-    from bricks.ops.train import CHAT_PROMPTS, LOCALITY_SPLIT, encode, host_replies
+    from bricks.ops.data import read_chat_prompts
+    from bricks.ops.train import CHAT_PROMPTS, LOCALITY_SPLIT, host_replies, reply_examples
 
     _, held = split_heldout(read_chat_prompts(CHAT_PROMPTS), LOCALITY_SPLIT)
     replies = host_replies(host, [[m.model_dump() for m in p.messages] for p in held], 48, progress=False)
-    return [encode(host.tokenizer, ChatExample(messages=[*p.messages, Message(role="assistant", content=r)]), 256)
-            for p, r in zip(held, replies, strict=True) if r]
+    return reply_examples(host.tokenizer, held, replies, 256)
 
 
 @torch.no_grad()

@@ -258,7 +258,7 @@ def chat_locality_data(host, opts: TrainOptions, progress: bool = False) -> tupl
     reply), and a digest of prompts and replies (part of the run key). Replies are generated once per
     (host, prompts, reply length) and cached as JSON."""
     from bricks.host import cache_dir
-    from bricks.ops.data import ChatExample, Message, file_digest, read_chat_prompts
+    from bricks.ops.data import file_digest, read_chat_prompts
 
     spec = opts.locality_chat.strip()
     if spec == "none":
@@ -279,15 +279,23 @@ def chat_locality_data(host, opts: TrainOptions, progress: bool = False) -> tupl
         tmp = cache.with_suffix(".tmp")
         tmp.write_text(json.dumps(replies))
         tmp.replace(cache)
+    digest = hashlib.sha256(json.dumps([key, replies]).encode()).hexdigest()
+    return reply_examples(host.tokenizer, prompts, replies, opts.max_len), digest
+
+
+def reply_examples(tokenizer, prompts: list, replies: list[str], max_len: int) -> list[Encoded]:
+    """Each chat prompt with its reply as the assistant turn, encoded with labels on the reply only
+    (empty replies, and those cut away by `max_len`, are dropped)."""
+    from bricks.ops.data import ChatExample, Message
+
     out = []
     for prompt, reply in zip(prompts, replies, strict=True):
         if reply:
             ex = ChatExample(messages=[*prompt.messages, Message(role="assistant", content=reply)])
-            enc = encode(host.tokenizer, ex, opts.max_len)
+            enc = encode(tokenizer, ex, max_len)
             if enc.n_loss:
                 out.append(enc)
-    digest = hashlib.sha256(json.dumps([key, replies]).encode()).hexdigest()
-    return out, digest
+    return out
 
 
 def host_replies(host, conversations: list[list[dict]], max_new_tokens: int, progress: bool) -> list[str]:
