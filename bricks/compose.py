@@ -15,7 +15,7 @@ import torch
 from bricks.errors import InvalidInputError
 from bricks.format import HostRef
 from bricks.kinds import KINDS
-from bricks.kinds.base import BrickUse
+from bricks.kinds.base import PHASES, BrickUse
 from bricks.kinds.neurons import NeuronMap
 
 __all__ = ["Assembly", "BrickUse", "assemble", "order_matters"]  # BrickUse: what assemble takes
@@ -49,8 +49,23 @@ def assemble(host: HostRef, uses: list[BrickUse]) -> Assembly:
         u.brick.validate(host)
         if u.gain is not None and not torch.isfinite(torch.tensor(float(u.gain))):
             raise InvalidInputError(f"gain for brick {u.brick.name!r} is not finite", "use a finite number")
+        _check_phase(u)
     composed = {name: kind.compose([u for u in uses if u.brick.kind == name], host) for name, kind in KINDS.items()}
     return Assembly(host=host, uses=list(uses), composed=composed)
+
+
+def _check_phase(u: BrickUse) -> None:
+    if u.phase not in PHASES:
+        raise InvalidInputError(f"brick {u.brick.name!r}: unknown phase {u.phase!r}",
+                                f"use one of: {', '.join(PHASES)}")
+    staged = u.phase != "all" or u.generated_offset_scale is not None
+    if staged and u.brick.kind != "neurons":
+        raise InvalidInputError(f"brick {u.brick.name!r} is a {u.brick.kind} brick: only neuron bricks act in one "
+                                "phase of a request or take a generated_offset_scale",
+                                "drop phase / generated_offset_scale for it (it acts on every token)")
+    if u.generated_offset_scale is not None and not torch.isfinite(torch.tensor(float(u.generated_offset_scale))):
+        raise InvalidInputError(f"generated_offset_scale for brick {u.brick.name!r} is not finite",
+                                "use a finite number")
 
 
 def order_matters(uses: list[BrickUse]) -> bool:

@@ -41,6 +41,12 @@ class BrickChoice:
     ref: str
     gain: float | None = None
     offset_scale: float = 1.0
+    phase: str = "all"  # all | prompt | generated (neuron bricks)
+    generated_offset_scale: float | None = None  # the offset scale at generated tokens (default: offset_scale)
+
+    def options(self) -> tuple:
+        """How the brick is used, as the assembly identity records it (the digest is added by the caller)."""
+        return (self.gain, self.offset_scale, self.phase, self.generated_offset_scale)
 
 
 @dataclass
@@ -48,13 +54,14 @@ class BuiltAssembly:
     id: str
     refs: list[str]  # exact name@version, in composition order
     assembly: Assembly
-    row_path: Path | None  # gain-table row on disk (None: identity)
+    row_path: Path | None  # gain-table row on disk (None: identity); a staged assembly's prompt-token row
     adapter_path: Path | None  # PEFT folder (None: no LoRA part)
     adapter: Adapter | None
     build_ms: float
     lora_int_id: int = 0
     resident: list[str] = field(default_factory=list)  # refs served from the host's slots (gain table), not LoRA
     extra: dict = field(default_factory=dict)
+    generated_row_path: Path | None = None  # a staged assembly's generated-token row (None: not staged)
 
 
 @dataclass
@@ -91,7 +98,7 @@ class AssemblyCache:
         """The built assembly for these choices; refs are re-resolved every time, so a newly
         published version is used by the next request."""
         versions = [self.registry.resolve(c.ref) for c in choices]
-        key = tuple((v.digest, c.gain, c.offset_scale) for v, c in zip(versions, choices))
+        key = tuple((v.digest, *c.options()) for v, c in zip(versions, choices))
         with self._lock:
             aid = self._by_request.get(key)
             if aid is not None and aid in self._mem:
@@ -115,7 +122,7 @@ class AssemblyCache:
         return built
 
     def _build(self, choices: list[BrickChoice], versions) -> BuiltAssembly:
-        uses = [BrickUse(self.registry.get(v.ref), c.gain, c.offset_scale) for v, c in zip(versions, choices)]
+        uses = [BrickUse(self.registry.get(v.ref), *c.options()) for v, c in zip(versions, choices)]
         return self.build_uses(uses, [v.digest for v in versions], [v.ref for v in versions])
 
     def build_uses(self, uses: list[BrickUse], digests: list[str] | None = None,
@@ -129,36 +136,45 @@ class AssemblyCache:
         uses = [uses[i] for i in order]
         refs = [refs[i] for i in order]
         digests = [digests[i] for i in order]
-        items = [(d, u.gain, u.offset_scale) for d, u in zip(digests, uses)]
+        items = [(d, *_use_options(u)) for d, u in zip(digests, uses)]
         aid = assembly_id(self.host, items, self.neuron_path, self.reserved, self.resident)
         asm = assemble(self.host, uses)
         resident = [i for i, d in enumerate(digests) if self.resident is not None and d in self.resident.slots]
         # The adapter holds everything but the resident growth bricks (the reference applies them all).
         lora_asm = assemble(self.host, [u for i, u in enumerate(uses) if i not in resident]) if resident else asm
         folder = self.dir / aid
-        row_path = self._row(folder, asm.neuron_map, [digests[i] for i in resident])
+        gates = [digests[i] for i in resident]
+        row_path, generated_row = self._rows(folder, asm.neuron_map, gates)
         adapter, adapter_path = self._adapter(folder, lora_asm)
         _touch(folder)
         self._evict_disk()
         # The LoRA id follows from the identity, so caches sharing an engine never give one id two adapters.
         lora_id = int(aid[:14], 16) + 1 if adapter_path is not None else 0
         return BuiltAssembly(aid, refs, asm, row_path, adapter_path, adapter, (time.perf_counter() - t0) * 1e3,
-                             lora_int_id=lora_id, resident=[refs[i] for i in resident])
+                             lora_int_id=lora_id, resident=[refs[i] for i in resident],
+                             generated_row_path=generated_row)
 
-    def _row(self, folder: Path, nmap: NeuronMap, resident: list[str]) -> Path | None:
-        """The gain-table row: the neuron map (on the gain-table neuron path) and the resident growth gates."""
+    def _rows(self, folder: Path, nmap: NeuronMap, resident: list[str]) -> tuple[Path | None, Path | None]:
+        """The gain-table rows: the neuron map (on the gain-table neuron path) and the resident growth gates;
+        a staged map has a second row for generated tokens (both are written, identity or not)."""
         if self.neuron_path != "gain_table":
             nmap = NeuronMap.identity(*nmap.gain.shape)
         if nmap.is_identity() and not resident:
-            return None
+            return None, None
+        prompt = self._row(folder, "row", nmap, resident)
+        if nmap.generated is None:
+            return prompt, None
+        return prompt, self._row(folder, "row-generated", nmap.generated, resident)
+
+    def _row(self, folder: Path, name: str, nmap: NeuronMap, resident: list[str]) -> Path:
         gain, offset = nmap.gain, nmap.offset
         if self.resident is not None:  # the row also sets the gated slot columns: 1 where routed, else 0
             gates = self.resident.gates(resident)
             gain, offset = torch.cat([gain, gates], 1), torch.cat([offset, torch.zeros_like(gates)], 1)
-        path = folder / "row.safetensors"
+        path = folder / f"{name}.safetensors"
         if not path.is_file():
             folder.mkdir(parents=True, exist_ok=True)
-            tmp = folder / ".row.tmp"
+            tmp = folder / f".{name}.tmp"
             save_file({"gain": gain.contiguous(), "offset": offset.contiguous()}, tmp)
             tmp.replace(path)
         return path
@@ -203,6 +219,14 @@ def _canonical_order(uses: list[BrickUse], digests: list[str]) -> list[int]:
     if order_matters(uses):
         return list(range(len(uses)))
     return sorted(range(len(uses)), key=lambda i: (digests[i], i))
+
+
+def _use_options(u: BrickUse) -> tuple:
+    """A use's options in the identity; a use with the defaults of phase and generated_offset_scale hashes as
+    it did before they existed, so the ids of existing assemblies do not change."""
+    if u.phase == "all" and u.generated_offset_scale is None:
+        return (u.gain, u.offset_scale)
+    return (u.gain, u.offset_scale, u.phase, u.generated_offset_scale)
 
 
 def assembly_id(host: HostRef, items: list[tuple], neuron_path: str, reserved: int,

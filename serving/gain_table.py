@@ -9,6 +9,8 @@ check (bench/gpu_check.py) and the tests share it.
   default gain is 0: a request whose assembly does not route a resident brick gets an exactly zero
   contribution from it. Rows are filled from assembly row files on first use and recycled LRU, never
   while a running request uses them (reference counts).
+- Phases: a staged assembly (another neuron map at generated tokens, bricks/kinds/neurons.py) holds two
+  rows, and each token reads the row of its phase: position < prompt length -> the prompt row.
 - Token rows: capture-safe the way vLLM's own LoRA is (read from vLLM 0.32: PunicaWrapperBase in
   lora/punica_wrapper/punica_base.py, LoRAKernelMeta in lora/ops/triton_ops/lora_kernel_metadata.py):
   ONE persistent device tensor sized for the largest batch (max_num_batched_tokens), filled in place
@@ -55,6 +57,7 @@ class GainTable:
         self._pin = self.token_rows.device.type == "cuda"
         # V1 runner only: the row of each persistent-batch slot, kept by serving.vllm_model.BrickRowTracker.
         self.request_rows = np.zeros(0, dtype=np.int64)
+        self.generated_rows = np.zeros(0, dtype=np.int64)  # ... and of its generated tokens (staged assemblies)
 
     # --- rows ----------------------------------------------------------------------------------------
     def acquire(self, aid: str | None, path: str | None) -> int:
@@ -103,19 +106,42 @@ class GainTable:
         self.gain[row, :, :w].copy_(gain)
         self.offset[row, :, :w].copy_(offset)
 
+    def acquire_phases(self, aid: str | None, path: str | None, generated_path: str | None) -> tuple[int, int]:
+        """The rows of a request: (prompt-token row, generated-token row); the same row unless the assembly
+        is staged (then its generated map is a second row, `aid` + GENERATED_SUFFIX)."""
+        row = self.acquire(aid, path)
+        if not aid or not generated_path:
+            return row, row
+        return row, self.acquire(aid + GENERATED_SUFFIX, generated_path)
+
+    def release_phases(self, rows: tuple[int, int]) -> None:
+        self.release(rows[0])
+        if rows[1] != rows[0]:
+            self.release(rows[1])
+
     # --- per-token rows ------------------------------------------------------------------------------
     def fill_token_rows(self, request_rows: Sequence[int] | np.ndarray, query_start_loc: Sequence[int] | np.ndarray,
-                        ) -> None:
+                        generated_rows: Sequence[int] | np.ndarray | None = None,
+                        num_computed: Sequence[int] | np.ndarray | None = None,
+                        prompt_lens: Sequence[int] | np.ndarray | None = None) -> None:
         """Write this step's per-token rows into the persistent buffer, before the forward and outside any
         graph. `request_rows[i]` is the row of the batch's i-th request, whose tokens are
         query_start_loc[i]:query_start_loc[i+1] (host arrays: the runners keep both on the host, so
-        nothing here reads the device). Tokens past the batch read row 0."""
+        nothing here reads the device). Tokens past the batch read row 0.
+
+        Staged requests (`generated_rows[i] != request_rows[i]`): a token at position >= the request's
+        prompt length (a generated token fed back, also when a preempted request recomputes it) reads
+        `generated_rows[i]`; its position is `num_computed[i]` (tokens already in the KV cache, prefix-cache
+        hits included) plus its offset in this step's chunk, so chunked prefill splits where it should."""
         qsl = np.asarray(query_start_loc, dtype=np.int64)
         num_reqs = len(qsl) - 1
-        rows = np.zeros(num_reqs, dtype=np.int64)
-        given = np.asarray(request_rows, dtype=np.int64)[:num_reqs]
-        rows[: len(given)] = given
-        per_token = np.repeat(rows, np.diff(qsl))
+        rows = _per_request(request_rows, num_reqs)
+        counts = np.diff(qsl)
+        per_token = np.repeat(rows, counts)
+        if generated_rows is not None:
+            gen = _per_request(generated_rows, num_reqs)
+            if (gen != rows).any():
+                per_token = self._phase_rows(per_token, gen, qsl, counts, num_computed, prompt_lens)
         n = len(per_token)
         if n > self.token_rows.shape[0]:
             raise ValueError(f"{n} tokens in one step, but the gain table's token buffer holds "
@@ -128,6 +154,28 @@ class GainTable:
         if self._filled > n:
             self.token_rows[n : self._filled].zero_()
         self._filled = n
+
+    @staticmethod
+    def _phase_rows(per_token: np.ndarray, gen: np.ndarray, qsl: np.ndarray, counts: np.ndarray,
+                    num_computed, prompt_lens) -> np.ndarray:
+        if num_computed is None or prompt_lens is None:
+            raise ValueError("staged rows need each request's computed-token count and prompt length")
+        num_reqs = len(counts)
+        req = np.repeat(np.arange(num_reqs), counts)
+        computed = np.asarray(num_computed, dtype=np.int64)[:num_reqs]
+        plen = np.asarray(prompt_lens, dtype=np.int64)[:num_reqs]
+        pos = computed[req] + np.arange(len(req)) - qsl[req]
+        return np.where(pos >= plen[req], gen[req], per_token)
+
+
+GENERATED_SUFFIX = "@generated"  # the table id of a staged assembly's generated-token row
+
+
+def _per_request(values, num_reqs: int) -> np.ndarray:
+    out = np.zeros(num_reqs, dtype=np.int64)
+    given = np.asarray(values, dtype=np.int64)[:num_reqs]
+    out[: len(given)] = given
+    return out
 
 
 def neuron_affine(table: GainTable, h: torch.Tensor, layer: int) -> None:

@@ -21,7 +21,9 @@ places that fill the buffer, one per model runner (read from vLLM 0.32.0):
   forward context and outside the model (V1 puts its CUDAGraphWrapper around the model itself).
 
 Requests choose their assembly with `SamplingParams.extra_args = {EXTRA_ASSEMBLY: id,
-EXTRA_ROW: path-to-row-file}` (the keys are in serving/vllm_plugin.py). The table is process state by
+EXTRA_ROW: path-to-row-file}` (the keys are in serving/vllm_plugin.py), plus EXTRA_ROW_GENERATED for a
+staged assembly: its tokens at positions >= the prompt length read that second row. Both runners give the
+fill each request's computed-token count and prompt length from their host-side state. The table is process state by
 necessity: vLLM builds the model, the logits processors and the model state separately, in the engine
 process; `active_table()` is the one bridge. The start-up self-test in serving/engine.py guards version
 drift (a fill that stops running leaves every token on row 0, and the probe rows then disagree).
@@ -37,7 +39,7 @@ from vllm.model_executor.models.llama import LlamaForCausalLM, LlamaMLP
 from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor, MoveDirectionality
 
 from serving.gain_table import GainTable, RowsExhausted, neuron_affine
-from serving.vllm_plugin import EXTRA_ASSEMBLY, EXTRA_ROW, GATED_KEY, MAX_ROWS_KEY
+from serving.vllm_plugin import EXTRA_ASSEMBLY, EXTRA_ROW, EXTRA_ROW_GENERATED, GATED_KEY, MAX_ROWS_KEY
 
 __all__ = ["BrickLlamaForCausalLM", "BrickRowTracker", "GainTable", "RowsExhausted", "active_table"]
 
@@ -89,7 +91,10 @@ def install_v1_fill_hook() -> bool:
         table = active_table()
         if table is not None:
             n = self.input_batch.num_reqs
-            table.fill_token_rows(table.request_rows[:n], self.query_start_loc.np[: n + 1])
+            batch = self.input_batch
+            table.fill_token_rows(table.request_rows[:n], self.query_start_loc.np[: n + 1],
+                                  table.generated_rows[:n], batch.num_computed_tokens_cpu[:n],
+                                  batch.num_prompt_tokens[:n])
         return original(self, *args, **kwargs)
 
     _model_forward._brickwork_fill = True
@@ -107,27 +112,36 @@ def brick_model_state_cls() -> type:
     class BrickModelState(DefaultModelState):
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
-            self.rows: dict[str, int] = {}  # req_id -> gain-table row
+            self.rows: dict[str, tuple[int, int]] = {}  # req_id -> gain-table rows (prompt, generated)
+            self.prompt_lens: dict[str, int] = {}
 
         def add_request(self, req_index, new_req_data) -> None:
             super().add_request(req_index, new_req_data)
-            params = new_req_data.sampling_params
-            extra = (params.extra_args or {}) if params is not None else {}
             table = _TABLE["active"]
-            table.release(self.rows.pop(new_req_data.req_id, 0))
-            self.rows[new_req_data.req_id] = table.acquire(extra.get(EXTRA_ASSEMBLY), extra.get(EXTRA_ROW))
+            table.release_phases(self.rows.pop(new_req_data.req_id, (0, 0)))
+            self.rows[new_req_data.req_id] = _acquire(table, new_req_data.sampling_params)
+            self.prompt_lens[new_req_data.req_id] = len(new_req_data.prompt_token_ids or ())
 
         def remove_request(self, req_id: str) -> None:
             super().remove_request(req_id)
-            _TABLE["active"].release(self.rows.pop(req_id, 0))
+            _TABLE["active"].release_phases(self.rows.pop(req_id, (0, 0)))
+            self.prompt_lens.pop(req_id, None)
 
         def prepare_inputs(self, input_batch, req_states):
             out = super().prepare_inputs(input_batch, req_states)
-            rows = [self.rows.get(r, 0) for r in input_batch.req_ids]  # dummy batches: unknown ids, row 0
-            _TABLE["active"].fill_token_rows(rows, input_batch.query_start_loc_np[: input_batch.num_reqs + 1])
+            n = input_batch.num_reqs
+            rows = [self.rows.get(r, (0, 0)) for r in input_batch.req_ids]  # dummy batches: unknown ids, row 0
+            plens = [self.prompt_lens.get(r, 0) for r in input_batch.req_ids]
+            _TABLE["active"].fill_token_rows([r[0] for r in rows], input_batch.query_start_loc_np[: n + 1],
+                                             [r[1] for r in rows], input_batch.num_computed_tokens_np[:n], plens)
             return out
 
     return BrickModelState
+
+
+def _acquire(table: GainTable, params) -> tuple[int, int]:
+    extra = (params.extra_args or {}) if params is not None else {}
+    return table.acquire_phases(extra.get(EXTRA_ASSEMBLY), extra.get(EXTRA_ROW), extra.get(EXTRA_ROW_GENERATED))
 
 
 # --- LoRA guard ----------------------------------------------------------------------------------------
@@ -207,14 +221,16 @@ class BrickRowTracker(LogitsProcessor):
     the V1 fill hook); leaves the logits alone. Not loaded under V2, which rejects V1 logits processors."""
 
     def __init__(self, vllm_config, device, is_pin_memory: bool):
-        self.rows: dict[int, int] = {}
+        self.rows: dict[int, tuple[int, int]] = {}  # slot -> (prompt row, generated row)
 
     @classmethod
     def validate_params(cls, sampling_params) -> None:
         extra = sampling_params.extra_args or {}
-        aid, path = extra.get(EXTRA_ASSEMBLY), extra.get(EXTRA_ROW)
+        aid, path, gen = extra.get(EXTRA_ASSEMBLY), extra.get(EXTRA_ROW), extra.get(EXTRA_ROW_GENERATED)
         if aid is not None and not (isinstance(aid, str) and isinstance(path, str)):
             raise ValueError(f"extra_args {EXTRA_ASSEMBLY!r} and {EXTRA_ROW!r} must both be strings")
+        if gen is not None and not (isinstance(gen, str) and aid is not None):
+            raise ValueError(f"extra_args {EXTRA_ROW_GENERATED!r} must be a string, with {EXTRA_ASSEMBLY!r}")
 
     def is_argmax_invariant(self) -> bool:
         return True
@@ -227,17 +243,17 @@ class BrickRowTracker(LogitsProcessor):
         if table is None or batch_update is None:
             return
         for index in batch_update.removed:
-            table.release(self.rows.pop(index, 0))
+            table.release_phases(self.rows.pop(index, (0, 0)))
         for index, params, _prompt, _out in batch_update.added:
-            table.release(self.rows.pop(index, 0))
-            extra = params.extra_args or {} if params is not None else {}
-            self.rows[index] = table.acquire(extra.get(EXTRA_ASSEMBLY), extra.get(EXTRA_ROW))
+            table.release_phases(self.rows.pop(index, (0, 0)))
+            self.rows[index] = _acquire(table, params)
         for a, b, direction in batch_update.moved:
-            ra, rb = self.rows.pop(a, 0), self.rows.pop(b, 0)
+            ra, rb = self.rows.pop(a, (0, 0)), self.rows.pop(b, (0, 0))
             if direction == MoveDirectionality.SWAP:
                 self.rows[a], self.rows[b] = rb, ra
             else:
-                table.release(rb)
+                table.release_phases(rb)
                 self.rows[b] = ra
-        n = batch_update.batch_size
-        table.request_rows = np.array([self.rows.get(i, 0) for i in range(n)], dtype=np.int64)
+        rows = np.array([self.rows.get(i, (0, 0)) for i in range(batch_update.batch_size)], dtype=np.int64)
+        rows = rows.reshape(-1, 2)
+        table.request_rows, table.generated_rows = rows[:, 0].copy(), rows[:, 1].copy()

@@ -17,6 +17,7 @@ MAX_ROWS_KEY = "brickwork_max_rows"  # hf_overrides key: rows of the gain table
 GATED_KEY = "brickwork_gated_slots"  # hf_overrides key: [first, end) FFN columns of resident growth bricks
 EXTRA_ASSEMBLY = "brick_assembly"  # SamplingParams.extra_args key: the request's assembly id
 EXTRA_ROW = "brick_row"  # SamplingParams.extra_args key: the assembly's row file
+EXTRA_ROW_GENERATED = "brick_row_generated"  # extra_args key: a staged assembly's generated-token row file
 
 
 def register() -> None:

@@ -28,11 +28,28 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class BrickUse:
-    """A brick as an assembly uses it: an optional gain override and a scale on its stored offset."""
+    """A brick as an assembly uses it: an optional gain override, a scale on its stored offset, and the
+    phase of the request it acts in (neuron bricks only): `all` tokens, only the `prompt` tokens (read
+    before generation) or only the `generated` ones. `generated_offset_scale` is the scale at generated
+    tokens when it differs from `offset_scale` (a staged steering brick's two strengths)."""
 
     brick: Brick
     gain: float | None = None
     offset_scale: float = 1.0
+    phase: str = "all"
+    generated_offset_scale: float | None = None
+
+    def scale_in(self, phase: str) -> float:
+        """The offset scale at tokens of `phase` (prompt or generated)."""
+        if phase == "generated" and self.generated_offset_scale is not None:
+            return float(self.generated_offset_scale)
+        return float(self.offset_scale)
+
+    def acts_in(self, phase: str) -> bool:
+        return self.phase in ("all", phase)
+
+
+PHASES = ("all", "prompt", "generated")  # where in a request a brick acts
 
 
 @dataclass

@@ -3,8 +3,9 @@
 A label brick stores its neurons' mean h on every label (`NeuronSet.label_means`), so it can be turned
 into a steering brick. One module per job:
 
-- `variants`: `steering_variant` (form ``diff`` or ``mean``, strength k, optionally a subset of layers)
-  and `layer_sets` (all of a brick's layers, its lower half, its upper half);
+- `variants`: `steering_variant` (form ``diff`` or ``mean``, strength k, optionally a subset of layers),
+  `staged_variant` (a prompt-time and a generation-time variant in one brick) and `layer_sets` (all of a
+  brick's layers, its lower half, its upper half);
 - `hooks`: `steered(host, bricks, positions)` applies bricks at every position, at generated tokens
   only, or only while the prompt is read;
 - `generation`: greedy chat replies and the unmodified host's perplexity of them;
@@ -19,7 +20,7 @@ from bricks.steer.generation import DEFAULT_PROMPTS, generate, text_perplexity
 from bricks.steer.hooks import POSITIONS, steered
 from bricks.steer.report import render_steer_table
 from bricks.steer.sweep import Setting, SteerPlan, SteerResult, grid, parse_staged, steer_bricks, steer_sweep
-from bricks.steer.variants import FORMS, layer_sets, steering_variant
+from bricks.steer.variants import FORMS, layer_sets, staged_variant, steering_variant
 from bricks.steer.words import (
     known_word_rate,
     language_shares,
@@ -31,7 +32,8 @@ from bricks.steer.words import (
 
 __all__ = [
     "DEFAULT_PROMPTS", "FORMS", "generate", "grid", "known_word_rate", "language_shares", "layer_sets",
-    "parse_staged", "POSITIONS", "render_steer_table", "repetition", "score_generations", "Setting", "steer_bricks",
+    "parse_staged", "POSITIONS", "render_steer_table", "repetition", "score_generations", "Setting", "staged_variant",
+    "steer_bricks",
     "steer_sweep", "steered", "steering_variant", "SteerPlan", "SteerResult", "text_perplexity", "word_language",
     "word_vocab",
 ]

@@ -2,6 +2,9 @@
 
 - form ``diff``: gain 1, offset k * (mean on target - mean on the dominant language);
 - form ``mean``: gain 0, offset k * mean on target (the neurons are clamped to a scaled target mean).
+
+`staged_variant` puts two of them in one brick: one acting while the prompt is read, one at generated
+tokens (what `brick eval --steer` measures best, served through the gain table's per-phase rows).
 """
 
 from __future__ import annotations
@@ -58,3 +61,18 @@ def layer_sets(brick: Brick) -> dict[str, list[int] | None]:
         out[f"L{layers[0]}-{layers[mid - 1]}"] = layers[:mid]
         out[f"L{layers[mid]}-{layers[-1]}"] = layers[mid:]
     return out
+
+
+def staged_variant(brick: Brick, target: str, prompt: tuple[str, float], generated: tuple[str, float],
+                   dominant: str = "en", layers: list[int] | None = None) -> Brick:
+    """One staged steering brick: the (form, k) variant `prompt` on prompt tokens and `generated` on the
+    tokens the request generates (`NeuronSet.generated_gain` / `generated_offset`)."""
+    p = steering_variant(brick, target, prompt[0], prompt[1], dominant, layers)
+    g = steering_variant(brick, target, generated[0], generated[1], dominant, layers)
+    for layer, s in p.neurons.items():
+        s.generated_gain, s.generated_offset = g.neurons[layer].gain, g.neurons[layer].offset
+    p.meta.params["steering"] = {"target": target, "dominant": dominant, "layers": sorted(p.neurons),
+                                 "prompt": {"form": prompt[0], "k": prompt[1]},
+                                 "generated": {"form": generated[0], "k": generated[1]}}
+    p.validate()
+    return p

@@ -9,12 +9,14 @@ from safetensors.torch import save_file
 from vllm.v1.sample.logits_processor import BatchUpdate, MoveDirectionality
 
 from serving.vllm_model import _TABLE, BrickRowTracker, GainTable, RowsExhausted
-from serving.vllm_plugin import EXTRA_ASSEMBLY, EXTRA_ROW
+from serving.vllm_plugin import EXTRA_ASSEMBLY, EXTRA_ROW, EXTRA_ROW_GENERATED
 
 
 class _Params:
-    def __init__(self, aid=None, path=None):
+    def __init__(self, aid=None, path=None, generated=None):
         self.extra_args = {EXTRA_ASSEMBLY: aid, EXTRA_ROW: path} if aid else None
+        if generated:
+            self.extra_args[EXTRA_ROW_GENERATED] = generated
 
 
 @pytest.fixture
@@ -112,6 +114,32 @@ def test_token_rows_follow_each_step_and_padding_reads_row_0():
         t.fill_token_rows([1], [0, 17])
 
 
+def test_staged_requests_split_their_tokens_by_position():
+    """A staged request's tokens at positions >= its prompt length read its generated row: chunked prefill
+    (computed tokens from an earlier chunk or a prefix-cache hit) and decode steps, beside unstaged ones."""
+    t = GainTable(8, 2, 4, "cpu", max_tokens=16)
+    # request 0 staged (rows 3 / 4, prompt 5): 3 tokens at positions 4..6; request 1 plain (row 2): 2 tokens
+    t.fill_token_rows([3, 2], [0, 3, 5], generated_rows=[4, 2], num_computed=[4, 0], prompt_lens=[5, 9])
+    assert t.token_rows[:5].tolist() == [3, 4, 4, 2, 2]
+    t.fill_token_rows([3, 2], [0, 2, 3], generated_rows=[4, 2], num_computed=[0, 0], prompt_lens=[5, 9])
+    assert t.token_rows[:3].tolist() == [3, 3, 2]  # a first chunk: all prompt
+    t.fill_token_rows([3], [0, 1], generated_rows=[3], num_computed=[9], prompt_lens=[5])
+    assert t.token_rows[:1].tolist() == [3]  # the same row twice: not staged, nothing else read
+    with pytest.raises(ValueError, match="computed-token count"):
+        t.fill_token_rows([3], [0, 1], generated_rows=[4])
+
+
+def test_a_staged_request_holds_two_rows(rows):
+    t = GainTable(8, 2, 6, "cpu")
+    p, g = t.acquire_phases("s", rows["a0"], rows["a1"])
+    assert p != g and t.gain[p, 0, 0] == 2 and t.gain[g, 0, 0] == 3
+    assert t.acquire_phases("s", rows["a0"], rows["a1"]) == (p, g) and t.loads == 2
+    assert t.acquire_phases("plain", rows["a2"], None)[0] == t.acquire_phases("plain", rows["a2"], None)[1]
+    t.release_phases((p, g))
+    t.release_phases((p, g))
+    assert t._refs[p] == 0 and t._refs[g] == 0
+
+
 def test_the_op_applies_each_tokens_row_and_identity_past_the_batch(monkeypatch):
     import serving.vllm_model as vm
 
@@ -167,7 +195,9 @@ def test_v1_runner_fills_the_rows_in_model_forward(rows):
 
     t = GainTable(8, 2, 6, "cpu", max_tokens=32)
     seen = []
-    runner = SimpleNamespace(input_batch=SimpleNamespace(num_reqs=2),
+    batch = SimpleNamespace(num_reqs=2, num_computed_tokens_cpu=np.zeros(4, dtype=np.int32),
+                            num_prompt_tokens=np.full(4, 3, dtype=np.int32))
+    runner = SimpleNamespace(input_batch=batch,
                              query_start_loc=SimpleNamespace(np=np.array([0, 3, 4, 4, 4], dtype=np.int32)),
                              model=lambda **kw: seen.append(t.token_rows[:6].tolist()) or "out")
     assert vm.install_v1_fill_hook() and vm.install_v1_fill_hook()  # idempotent
@@ -178,8 +208,20 @@ def test_v1_runner_fills_the_rows_in_model_forward(rows):
         assert GPUModelRunner._model_forward(runner, input_ids=None, positions=None) == "out"
         tr.update_state(BatchUpdate(2, [], [], [(0, 1, MoveDirectionality.SWAP)]))
         runner.query_start_loc.np[:3] = [0, 1, 2]  # next step: two decode tokens, slots swapped
+        batch.num_computed_tokens_cpu[:2] = [1, 3]
         GPUModelRunner._model_forward(runner, input_ids=None, positions=None)
-    assert seen == [[r, r, r, 0, 0, 0], [0, r, 0, 0, 0, 0]]
+        # a staged request in slot 0: its prompt (3 tokens, then 2 more in a second chunk) on the prompt row,
+        # then its generated tokens on the other row
+        tr.update_state(BatchUpdate(2, [0], [(0, _Params("s", rows["a2"], rows["a3"]), [], [])], []))
+        p, g = int(t.request_rows[0]), int(t.generated_rows[0])
+        batch.num_prompt_tokens[0], batch.num_computed_tokens_cpu[:2] = 5, [0, 4]
+        runner.query_start_loc.np[:3] = [0, 3, 4]
+        GPUModelRunner._model_forward(runner, input_ids=None, positions=None)
+        batch.num_computed_tokens_cpu[:2] = [3, 5]
+        runner.query_start_loc.np[:3] = [0, 3, 4]  # the rest of the prompt and the first generated token
+        GPUModelRunner._model_forward(runner, input_ids=None, positions=None)
+    assert seen[:2] == [[r, r, r, 0, 0, 0], [0, r, 0, 0, 0, 0]]
+    assert p != g and seen[2:] == [[p, p, p, r, 0, 0], [p, p, g, r, 0, 0]]
 
 
 def test_v2_model_state_tracks_requests_and_fills_before_each_forward(rows):
@@ -192,21 +234,22 @@ def test_v2_model_state_tracks_requests_and_fills_before_each_forward(rows):
     cls = vm.brick_model_state_cls()
     state = cls.__new__(cls)  # DefaultModelState's own fields, as for a plain text model
     state.rope_state = state.prompt_embeds_state = None
-    state.rows = {}
+    state.rows, state.prompt_lens = {}, {}
     t = GainTable(8, 2, 6, "cpu", max_tokens=32)
 
-    def new(req_id, aid=None):
-        return SimpleNamespace(req_id=req_id, sampling_params=_Params(aid, rows.get(aid)), prefill_token_ids=[1],
-                               mm_features=[])
+    def new(req_id, aid=None, generated=None, prompt=(1,)):
+        return SimpleNamespace(req_id=req_id, sampling_params=_Params(aid, rows.get(aid), generated),
+                               prefill_token_ids=list(prompt), prompt_token_ids=list(prompt), mm_features=[])
 
-    def batch(req_ids, qsl):
-        return SimpleNamespace(req_ids=req_ids, num_reqs=len(req_ids), query_start_loc_np=np.array(qsl + [qsl[-1]]))
+    def batch(req_ids, qsl, computed=None):
+        return SimpleNamespace(req_ids=req_ids, num_reqs=len(req_ids), query_start_loc_np=np.array(qsl + [qsl[-1]]),
+                               num_computed_tokens_np=np.array(computed or [0] * len(req_ids)))
 
     with _active(vm, t):
         state.add_request(0, new("x", "a0"))
         state.add_request(1, new("y"))
         state.add_request(2, new("z", "a1"))
-        rx, rz = state.rows["x"], state.rows["z"]
+        (rx, _), (rz, _) = state.rows["x"], state.rows["z"]
         assert state.prepare_inputs(batch(["z", "y", "x"], [0, 2, 3, 5]), None) == {}
         assert t.token_rows[:6].tolist() == [rz, rz, 0, rx, rx, 0]
         state.remove_request("z")
@@ -215,3 +258,9 @@ def test_v2_model_state_tracks_requests_and_fills_before_each_forward(rows):
         assert t.token_rows[:6].tolist() == [rx, 0, 0, 0, 0, 0]
         state.prepare_inputs(batch(["req_0_dummy", "req_1_dummy"], [0, 1, 2]), None)
         assert not t.token_rows.any()
+        state.add_request(3, new("s", "a2", rows["a3"], prompt=(1, 2, 3)))
+        p, g = state.rows["s"]
+        state.prepare_inputs(batch(["s", "x"], [0, 2, 3], computed=[2, 7]), None)  # prompt tail + 1st generated
+        assert p != g and t.token_rows[:4].tolist() == [p, g, rx, 0]
+        state.remove_request("s")
+        assert t._refs[p] == 0 and t._refs[g] == 0
