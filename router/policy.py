@@ -26,6 +26,7 @@ import faiss
 import numpy as np
 
 from bricks.errors import InvalidInputError
+from bricks.kinds.base import PHASES
 from bricks.refs import ref_name
 from router.assembly import BrickChoice
 from router.embed import Embedder
@@ -272,28 +273,43 @@ class Router:
         decision.choices = _dedup(fixed + picked)
 
     def _parse_request_brick(self, item: Any) -> BrickChoice:
-        """A request names a brick by manifest alias/ref or any registry ref, optionally with gain."""
+        """A request names a brick by manifest alias/ref or any registry ref, optionally with how to use it
+        (the fields of BrickChoice); what it leaves out comes from the manifest's entry for that brick."""
         if isinstance(item, str):
             item = {"ref": item}
         if not isinstance(item, dict) or not isinstance(item.get("ref"), str):
             raise InvalidInputError(f"bad brick entry {item!r} in request",
                                     'use "name@version" or {"ref": "name", "gain": 1.5, "offset_scale": 1.0}')
-        unknown = set(item) - {"ref", "gain", "offset_scale"}
+        unknown = set(item) - set(REQUEST_BRICK_FIELDS)
         if unknown:
             raise InvalidInputError(f"unknown field(s) {sorted(unknown)} in request brick {item['ref']!r}",
-                                    "allowed: ref, gain, offset_scale")
+                                    f"allowed: {', '.join(REQUEST_BRICK_FIELDS)}")
         base = self.entries.get(item["ref"])
-        ref = base.choice.ref if base else item["ref"]
+        default = base.choice if base else BrickChoice(item["ref"])
         try:
-            gain = item.get("gain", base.choice.gain if base else None)
-            scale = float(item.get("offset_scale", base.choice.offset_scale if base else 1.0))
-            gain = None if gain is None else float(gain)
+            gain = _number(item.get("gain", default.gain))
+            scale = _number(item.get("offset_scale", default.offset_scale))
+            generated = _number(item.get("generated_offset_scale", default.generated_offset_scale))
         except (TypeError, ValueError):
-            raise InvalidInputError(f"gain/offset_scale of request brick {item['ref']!r} must be numbers",
-                                    "send numbers, e.g. 1.5") from None
-        if not all(np.isfinite(x) for x in (gain or 0.0, scale)):
-            raise InvalidInputError(f"gain/offset_scale of {item['ref']!r} must be finite", "send finite numbers")
-        return BrickChoice(ref, gain, scale)
+            raise InvalidInputError(f"gain/offset_scale/generated_offset_scale of request brick {item['ref']!r} "
+                                    "must be numbers", "send numbers, e.g. 1.5") from None
+        if not all(np.isfinite(x) for x in (gain or 0.0, scale, generated or 0.0)):
+            raise InvalidInputError(f"gain/offset_scale/generated_offset_scale of {item['ref']!r} must be finite",
+                                    "send finite numbers")
+        phase = item.get("phase", default.phase)
+        if phase not in PHASES:
+            raise InvalidInputError(f"phase {phase!r} of request brick {item['ref']!r}",
+                                    f"use one of: {', '.join(PHASES)}")
+        return BrickChoice(default.ref, gain, scale, phase, generated)
+
+
+REQUEST_BRICK_FIELDS = ("ref", "gain", "offset_scale", "phase", "generated_offset_scale")
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool):
+        raise TypeError("a boolean is not a number")
+    return None if value is None else float(value)
 
 
 def _dedup(choices: list[BrickChoice]) -> list[BrickChoice]:

@@ -34,6 +34,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from bricks.errors import BrickError, InvalidInputError
+from router.policy import REQUEST_BRICK_FIELDS
 from serving.engine import GenRequest
 from serving.service import BrickService
 
@@ -70,7 +71,7 @@ def _check_request_bricks(items: list[Any]) -> list[Any]:
         if isinstance(ref, str) and len(ref) > MAX_NAME_CHARS:
             raise ValueError(f"a brick ref is {len(ref)} characters; refs are at most {MAX_NAME_CHARS}")
         if isinstance(item, dict) and len(item) > 8:
-            raise ValueError("a request brick has at most the fields ref, gain and offset_scale")
+            raise ValueError("a request brick has at most the fields " + ", ".join(REQUEST_BRICK_FIELDS))
     return items
 
 

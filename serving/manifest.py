@@ -117,6 +117,12 @@ class BrickEntry(Section):
     ref: BrickRef = Field(description=f"registry ref: {REF_FORMS}")
     gain: FiniteFloat | None = Field(None, description="gain on the brick's neurons; default: the brick's own")
     offset_scale: FiniteFloat = Field(1.0, description="k, scales the brick's stored offset (steering strength)")
+    phase: Literal["all", "prompt", "generated"] = Field(
+        "all", description="neuron bricks: act on every token, only on the prompt's tokens, or only on the "
+        "tokens the request generates (staged steering)")
+    generated_offset_scale: FiniteFloat | None = Field(
+        None, description="the offset scale at generated tokens, when it differs from offset_scale (a staged "
+        "steering brick's generation strength; offset_scale is then its prompt strength)")
     routable: bool = Field(True, description="true: the retrieval policy may choose it per request; "
                            "false: never chosen by retrieval, always on")
     alias: Alias | None = Field(None, description="short unique name usable in requests and assemblies")
@@ -428,6 +434,17 @@ def _kind_issues(i: int, entry: BrickEntry, info: BrickVersion, manifest: Manife
     if not offsets and entry.offset_scale != 1.0:
         issues.append((("bricks", i, "offset_scale"), f"{info.name} {info.version} ({kind.name} brick) has no offset "
                        "to scale; remove offset_scale (or use a steering brick)"))
+    if not offsets and entry.generated_offset_scale is not None:
+        issues.append((("bricks", i, "generated_offset_scale"), f"{info.name} {info.version} ({kind.name} brick) "
+                       "has no offset to scale; remove generated_offset_scale"))
+    staged = entry.phase != "all" or info.meta.params.get("staged", False)
+    if entry.phase != "all" and kind.name != "neurons":
+        issues.append((("bricks", i, "phase"), f"{info.name} {info.version} is a {kind.name} brick: only neuron "
+                       "bricks act in one phase of a request; remove phase"))
+    elif staged and manifest.engine.neuron_path == "lora":
+        issues.append((("bricks", i, "phase"), f"{info.name} {info.version} is staged (one map while the prompt is "
+                       "read, another at generated tokens), which engine.neuron_path: lora cannot serve; use "
+                       "neuron_path: gain_table"))
     if offsets and entry.offset_scale != 0.0 and manifest.engine.neuron_path == "lora":
         issues.append((("bricks", i, "ref"), f"{info.name} {info.version} sets offsets, which engine.neuron_path: "
                        "lora cannot serve (an offset is a bias, not a LoRA delta); use neuron_path: gain_table, or "
@@ -463,7 +480,7 @@ def _resident_issues(manifest: Manifest, registry: BrickSource) -> list[Issue]:
 
 
 def _host_issues(i: int, info: BrickVersion, host: HostRef | None) -> list[Issue]:
-    if host is None or info.host_fingerprint == host.fingerprint:
+    if host is None or host.runs(info.meta.host, info.kind):
         return []
     built = info.meta.host
     return [(("bricks", i, "ref"), f"{info.name} {info.version} was built for host {built.name or built.arch} "

@@ -108,7 +108,7 @@ class BrickService:
 
     def _check_bricks_host(self) -> None:
         for ref, v in self.manifest.resolved.items():
-            if v.host_fingerprint != self.host.ref.fingerprint:
+            if not self.host.ref.runs(v.meta.host, v.kind):  # the same host, or one derived keeping the kind
                 raise HostMismatchError(f"manifest brick {ref} was built for host {v.meta.host.name} "
                                         f"({v.meta.host.short()}), not {self.host.ref.name} ({self.host.ref.short()})",
                                         "serve it on its own host, or re-extract it from this one")
@@ -125,7 +125,8 @@ class BrickService:
         for b in m.bricks:
             v = m.resolved.get(b.ref)
             texts = list(v.meta.routing.texts) if v is not None else []
-            entries.append(RouteEntry(b.alias or b.ref, BrickChoice(b.ref, b.gain, b.offset_scale), b.routable, texts))
+            choice = BrickChoice(b.ref, b.gain, b.offset_scale, b.phase, b.generated_offset_scale)
+            entries.append(RouteEntry(b.alias or b.ref, choice, b.routable, texts))
         embedder = None
         if m.routing.policy == "retrieval":
             model, tok = (self.host.model, self.host.tokenizer) if self.host else (None, None)
@@ -135,14 +136,17 @@ class BrickService:
                       assemblies=dict(m.assemblies))
 
     def probe_assemblies(self) -> list[BuiltAssembly]:
-        """Identity, a dense random gain/offset row touching every layer and, when growth bricks are resident,
-        all of them with that row (for the self-test)."""
+        """Identity, a dense random gain/offset row touching every layer, that row at generated tokens only
+        (staged: the per-phase rows) and, when growth bricks are resident, all of them with that row (for the
+        self-test)."""
         ref = self.host.ref
         g = torch.Generator().manual_seed(1234)
         probe = Brick(BrickMeta(name="selftest-probe", kind="neurons", host=ref), {
             i: NeuronSet(torch.arange(ref.d_ff), 0.5 + torch.rand(ref.d_ff, generator=g),
                          0.02 * torch.randn(ref.d_ff, generator=g)) for i in range(ref.n_layers)})
         out = [self.cache.build_uses([]), self.cache.build_uses([BrickUse(probe)])]
+        if self.manifest.engine.neuron_path == "gain_table":
+            out.append(self.cache.build_uses([BrickUse(probe, phase="generated")]))
         if self.resident is not None:
             digests = list(self.resident.bricks)
             uses = [BrickUse(probe)] + [BrickUse(self.resident.bricks[d]) for d in digests]

@@ -252,7 +252,7 @@ class NeuronKind(LayerKind):
         recorded = meta.params.get("has_offset")
         if recorded is not None:
             return bool(recorded)
-        return any(s.offset is not None or s.generated_offset is not None  # older metadata does not say
+        return any(s.offset is not None or getattr(s, "generated_offset", None) is not None  # older metadata
                    for s in load().parts.values())
 
     def compose(self, uses: list[BrickUse], host: HostRef) -> NeuronMap:

@@ -93,3 +93,15 @@ def test_minilm_embedder_is_offline_and_semantic():
     v = e.embed(["How do I bake bread?", "Recipe for baking a loaf", "The stock market fell today"])
     assert v.shape == (3, 384) and np.allclose(np.linalg.norm(v, axis=1), 1, atol=1e-5)
     assert v[0] @ v[1] > v[0] @ v[2] + 0.2
+
+
+def test_request_bricks_take_a_phase_and_a_generated_strength():
+    r = Router("explicit", entries())
+    d = r.route("x", request_bricks=[{"ref": "other@2", "phase": "generated", "offset_scale": 2,
+                                      "generated_offset_scale": 0.5}])
+    assert d.choices == [BrickChoice("other@2", None, 2.0, "generated", 0.5)]
+    for bad, match in (({"ref": "x", "phase": "decode"}, "phase 'decode'"),
+                       ({"ref": "x", "generated_offset_scale": "strong"}, "must be numbers"),
+                       ({"ref": "x", "gain": True}, "must be numbers")):
+        with pytest.raises(InvalidInputError, match=match):
+            r.route("x", request_bricks=[bad])

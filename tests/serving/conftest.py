@@ -42,6 +42,13 @@ def hand_made_bricks(ref) -> dict[str, Brick]:
         "steer": neuron_brick("steer", ref, {i: pick(30) for i in (8, 12, 16)}, gain=1.0,
                               offset={i: 0.6 * torch.randn(30, generator=g) for i in (8, 12, 16)}),
     }
+    staged = pick(40)
+    out["staged"] = neuron_brick("staged", ref, {i: staged for i in (6, 14, 22)}, gain=0.0,
+                                 offset={i: 0.8 * torch.randn(40, generator=g) for i in (6, 14, 22)})
+    for s in out["staged"].neurons.values():  # generated tokens: gain 1 and another offset
+        s.generated_gain = torch.ones(40)
+        s.generated_offset = 0.8 * torch.randn(40, generator=g)
+    out["staged"].meta.params["staged"] = True
     shared = pick(40)
     out["ov1"] = neuron_brick("ov1", ref, {5: shared[:30], 20: shared}, gain=0.3)
     out["ov2"] = neuron_brick("ov2", ref, {5: shared[10:], 20: shared[:20]}, gain=1.8,

