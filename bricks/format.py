@@ -31,6 +31,18 @@ FORMAT_VERSION = 1
 META_KEY = "brickwork"
 
 
+class DerivedFrom(BaseModel):
+    """An ancestor of a derived host (e.g. a compressed one): its fingerprint, the operation that made the
+    derived host, and the brick kinds whose bricks built for the ancestor stay valid on it (`neurons` when
+    FFN neuron identities were kept). Read from the host folder's lineage file (bricks.host)."""
+
+    model_config = ConfigDict(extra="forbid")
+    fingerprint: str
+    name: str = ""
+    operation: str
+    keeps: list[str] = Field(default_factory=list)
+
+
 class HostRef(BaseModel):
     """What a brick knows of the host it was built for."""
 
@@ -44,9 +56,17 @@ class HostRef(BaseModel):
     n_kv_heads: int = 0
     head_dim: int = 0
     name: str = ""
+    derived_from: list[DerivedFrom] = Field(default_factory=list)
 
     def short(self) -> str:
         return self.fingerprint.split(":")[-1][:12]
+
+    def runs(self, built: HostRef, kind: str) -> bool:
+        """Whether a `kind` brick built for host `built` runs on this host: the same host, or an ancestor
+        this host was derived from keeping that kind valid."""
+        if built.fingerprint == self.fingerprint:
+            return True
+        return any(a.fingerprint == built.fingerprint and kind in a.keeps for a in self.derived_from)
 
 
 class RoutingKeys(BaseModel):
@@ -160,7 +180,7 @@ class Brick:
 def validate_brick(brick: Brick, host: HostRef | None = None) -> None:
     src = f"brick {brick.meta.name!r}"
     h = brick.meta.host
-    if host is not None and host.fingerprint != h.fingerprint:
+    if host is not None and not host.runs(h, brick.kind):
         raise HostMismatchError(
             f"{src} was built for host {h.name or h.arch} ({h.short()}), "
             f"not for {host.name or host.arch} ({host.short()})",

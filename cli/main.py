@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import click
 
-from cli import demo, export, extract, host, manifest, ops, peft, registry, serve
+from cli import compress, demo, export, extract, host, manifest, ops, peft, registry, serve, steer
 from cli.common import BrickGroup
 
 
@@ -26,8 +26,8 @@ COMMANDS = (
     peft.export_peft, peft.import_peft, export.export_model_cmd,
     host.host, manifest.manifest,
     serve.serve, serve.generate, serve.route,
-    extract.extract_cmd, extract.eval_cmd, extract.audit_cmd,
-    ops.train, ops.update, ops.merge, ops.grow,
+    extract.extract_cmd, extract.eval_cmd, extract.audit_cmd, steer.steer_cmd,
+    ops.train, ops.update, ops.merge, ops.grow, compress.compress_cmd,
     demo.demo_cmd,
 )
 for command in COMMANDS:
