@@ -30,7 +30,8 @@ if TYPE_CHECKING:
 
 # The demo's brick per corpus label: what the README's next steps and every manifest in manifests/ name.
 DEMO_NAMES = {"fr": "lang-fr", "de": "lang-de", "en": "lang-en", "code": "code", "math": "math"}
-STEER_NAME = "steer-fr"  # lang-fr's neurons at gain 1, offset = their mean on French - their mean on English
+STEER_NAME = "steer-fr"  # lang-fr's neurons, staged: clamped to 2x their French mean on prompt tokens, then
+# +0.3 x (French mean - English mean) at generated tokens (bricks.steer.publish.DEFAULT_SETTING)
 STEER_TARGET = "fr"
 DEMO_TAG = "stable"  # on every version the demo publishes, so `name@stable` resolves on a fresh registry
 PROMPTS = [
@@ -87,18 +88,15 @@ def publish_demo_bricks(reg: Registry, host: Host, corpus: Corpus | None = None,
 
 
 def _publish_steering(reg: Registry, brick, parent: VersionInfo, dominant: str) -> list[VersionInfo]:
-    """STEER_NAME from the French brick (form diff, k = 1), with the French brick as its parent."""
-    from bricks.steer import steering_variant
+    """STEER_NAME from the French brick with the staged setting `brick eval --steer` measured best (not
+    measured again here: `brick steer` does that), with the French brick as its parent."""
+    from bricks.steer.publish import steering_brick
 
     if dominant not in brick.meta.labels:
         console.print(f"  [yellow]{STEER_NAME} not published[/yellow]: the corpus has no {dominant} text to "
                       "steer away from")
         return []
-    steer = steering_variant(brick, STEER_TARGET, form="diff", k=1.0, dominant=dominant)
-    steer.meta.name = STEER_NAME
-    steer.meta.description = (f"steers toward {STEER_TARGET}: {parent.name}'s neurons at gain 1, offset = their "
-                              f"mean on {STEER_TARGET} - their mean on {dominant}; offset_scale sets the strength")
-    steer.meta.metrics.pop("held_out", None)  # those figures measure ablating the parent, not this brick
+    steer = steering_brick(brick, STEER_TARGET, dominant=dominant, name=STEER_NAME)
     info = reg.publish(steer, parents=[parent.ref], operation="steer", op_params=steer.meta.params["steering"],
                        tags=[DEMO_TAG])
     return [info]

@@ -74,5 +74,6 @@ def staged_variant(brick: Brick, target: str, prompt: tuple[str, float], generat
     p.meta.params["steering"] = {"target": target, "dominant": dominant, "layers": sorted(p.neurons),
                                  "prompt": {"form": prompt[0], "k": prompt[1]},
                                  "generated": {"form": generated[0], "k": generated[1]}}
+    p.meta.params["staged"] = True  # what a manifest check reads without loading the tensors
     p.validate()
     return p

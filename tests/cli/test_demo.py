@@ -30,7 +30,9 @@ def test_publishes_the_demo_names_tagged(demo_registry):
     assert all(v.version == "1.0.0" and reg.tags(v.name) == {DEMO_TAG: "1.0.0"} for v in published)
     steer = reg.get(STEER_NAME)
     assert steer.meta.params["steering"]["target"] == "fr" and "held_out" not in steer.meta.metrics
-    assert all(s.offset is not None and bool((s.gain == 1).all()) for s in steer.neurons.values())
+    assert steer.meta.params["staged"] and steer.meta.params["steering"]["prompt"] == {"form": "mean", "k": 2.0}
+    assert all(bool((s.gain == 0).all()) and bool((s.generated_gain == 1).all()) and s.generated_offset is not None
+               for s in steer.neurons.values())
     assert [p["name"] for p in reg.lineage(STEER_NAME)["parents"]] == ["lang-fr"]
 
 
