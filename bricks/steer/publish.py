@@ -6,7 +6,8 @@ perplexity), while clamping the brick's neurons to 2x their French mean while th
 0.3x (French - English mean) while generating gives 100% French words at x1.06. `DEFAULT_SETTING` is that
 staged setting; `steering_brick` builds it (one brick, both maps: bricks/kinds/neurons.py) and
 `choose_setting` measures candidate settings on replies to dominant-language prompts and keeps the best:
-the most target-language words among settings within the perplexity budget, then the least repetition.
+the least repetition among settings that reach the target-language share within the perplexity budget
+(else the most target-language words within the budget, else the cheapest).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from bricks.steer.variants import staged_variant, steering_variant
 
 DEFAULT_SETTING = Setting(("mean", 2.0), ("diff", 0.3))
 # Candidates `brick steer` measures by default: the measured best and its neighbours in both strengths.
-DEFAULT_CANDIDATES = "mean:2/diff:0.3,mean:1.5/diff:0.3,mean:2/diff:0.2,mean:2/diff:0.5"
+DEFAULT_CANDIDATES = "mean:2/diff:0.3,mean:1.5/diff:0.3,mean:2/diff:0.2,mean:2/diff:0.5,mean:3/none"
 PPL_BUDGET = 1.1  # most dominant-language perplexity cost (x, generation-time map) a chosen setting may have
 TARGET_SHARE = 0.9  # target-language word share a setting should reach
 
@@ -30,14 +31,16 @@ def steering_brick(brick: Brick, target: str, setting: Setting = DEFAULT_SETTING
                    name: str | None = None) -> Brick:
     """The steering brick of `setting`: staged when its prompt and generated variants differ, one variant
     at every token when they are the same, generated-only when it has no prompt variant."""
-    if setting.generated is None:
-        raise InvalidInputError("a steering setting needs a variant at generated tokens", "e.g. mean:2/diff:0.3")
-    if setting.prompt is None:
-        out = steering_variant(brick, target, *setting.generated, dominant=dominant)
-        for s in out.neurons.values():  # identity while the prompt is read
-            s.generated_gain, s.generated_offset = s.gain, s.offset
-            s.gain, s.offset = s.gain.new_ones(s.gain.shape), None
+    if setting.prompt is None or setting.generated is None:  # one phase steered, the other left alone
+        out = steering_variant(brick, target, *(setting.prompt or setting.generated), dominant=dominant)
+        for s in out.neurons.values():
+            identity = (s.gain.new_ones(s.gain.shape), None)
+            mapped = (s.gain, s.offset)
+            (s.gain, s.offset), (s.generated_gain, s.generated_offset) = (
+                (mapped, identity) if setting.prompt is not None else (identity, mapped))
         out.meta.params["staged"] = True
+        out.meta.params["steering"] = {**out.meta.params["steering"], "prompt": _part(setting.prompt),
+                                       "generated": _part(setting.generated)}
         out.validate()
     elif setting.prompt == setting.generated:
         out = steering_variant(brick, target, *setting.prompt, dominant=dominant)
@@ -69,7 +72,12 @@ def choose_setting(host, brick: Brick, target: str, dominant_corpus: Corpus, can
                           max_new_tokens=max_new_tokens, vocab=vocab, progress=progress)
     measured = list(zip(settings, results[1:]))
     within = [(s, r) for s, r in measured if r.dominant_ppl_ratio <= PPL_BUDGET]
-    if within:
+    good = [(s, r) for s, r in within if r.target_share >= TARGET_SHARE]
+    if good:
+        best_s, best_r = min(good, key=lambda sr: sr[1].repetition)
+        reason = (f"least repetition among the settings with >= {TARGET_SHARE:.0%} {target} words within "
+                  f"x{PPL_BUDGET} {dominant} perplexity")
+    elif within:
         best_s, best_r = max(within, key=lambda sr: (round(sr[1].target_share, 2), -sr[1].repetition))
         reason = f"most {target} words within x{PPL_BUDGET} {dominant} perplexity, then least repetition"
     else:
@@ -80,6 +88,10 @@ def choose_setting(host, brick: Brick, target: str, dominant_corpus: Corpus, can
     table = [{"setting": "plain host" if s is None else _describe(s), **r.to_dict()}
              for s, r in zip([None, *settings], results)]
     return Choice(best_s, results, reason, table)
+
+
+def _part(part: tuple[str, float] | None) -> dict | None:
+    return None if part is None else {"form": part[0], "k": part[1]}
 
 
 def _describe(setting: Setting) -> str:

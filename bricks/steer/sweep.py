@@ -167,18 +167,29 @@ def steer_bricks(host, bricks: list[Brick], corpus: Corpus, target: str | None, 
 
 
 def parse_staged(text: str) -> list[Setting]:
-    """'mean:2/diff:0.3,...': per setting, the variant while the prompt is read / the one at generated tokens."""
+    """'mean:2/diff:0.3,...': per setting, the variant while the prompt is read / the one at generated tokens;
+    `none` on one side leaves that phase unsteered ('mean:3/none': steer only while the prompt is read)."""
     out = []
     for item in filter(None, (x.strip() for x in text.split(","))):
         try:
-            (pf, pk), (gf, gk) = (p.split(":") for p in item.split("/"))
-            if pf not in FORMS or gf not in FORMS:
+            parts = [_part(p.strip()) for p in item.split("/")]
+            if len(parts) != 2 or parts == [None, None]:
                 raise ValueError
-            out.append(Setting((pf, float(pk)), (gf, float(gk))))
+            out.append(Setting(parts[0], parts[1]))
         except ValueError:
             raise InvalidInputError(f"staged setting {item!r} is not FORM:K/FORM:K",
-                                    "write e.g. --staged mean:2/diff:0.3 (prompt / generation variant)") from None
+                                    "write e.g. --staged mean:2/diff:0.3 (prompt / generation variant; FORM is "
+                                    "mean or diff, or none for one side)") from None
     return out
+
+
+def _part(text: str) -> tuple[str, float] | None:
+    if text == "none":
+        return None
+    form, k = text.split(":")
+    if form not in FORMS:
+        raise ValueError(form)
+    return form, float(k)
 
 
 def _numbers(text: str, what: str) -> list[float]:

@@ -89,3 +89,20 @@ def test_a_generated_offset_needs_a_generated_gain(tiny_host):
     b.neurons[1].generated_offset = torch.ones(3)
     with pytest.raises(InvalidInputError, match="generated_offset without generated_gain"):
         b.validate(tiny_host.ref)
+
+
+def test_steering_brick_for_every_kind_of_setting(tiny_host):
+    from bricks.steer.publish import steering_brick
+    from bricks.steer.sweep import parse_staged
+
+    b = labelled_brick(tiny_host)
+    staged, prompt_only, everywhere = parse_staged("mean:2/diff:0.3,mean:3/none,diff:1/diff:1")
+    assert prompt_only.generated is None
+    s = steering_brick(b, "fr", staged).neurons[1]
+    assert (s.gain == 0).all() and (s.generated_gain == 1).all()
+    p = steering_brick(b, "fr", prompt_only, name="p")
+    nmap = assemble(tiny_host.ref, [BrickUse(p)]).neuron_map
+    assert p.name == "p" and nmap.staged and nmap.generated.is_identity() and (nmap.gain[1, [3, 9, 40]] == 0).all()
+    assert not steering_brick(b, "fr", everywhere).neurons[1].staged
+    with pytest.raises(InvalidInputError, match="FORM:K/FORM:K"):
+        parse_staged("none/none")
