@@ -5,8 +5,10 @@
    `lang-en`, `code` and `math` (a label the held-out check calls general is reported, not published),
    plus `steer-fr`, the French brick turned into a steering brick; every version is tagged `stable`.
    Skipped when the registry already has them. These are the names the README and `manifests/` use;
-3. serve them in vLLM with the gain-table plugin (start-up self-test included) and answer prompts,
-   each with the bricks retrieval routing picks, and the same prompts with a brick ablated.
+3. serve them in vLLM with the gain-table plugin (start-up self-test included) and show, from one running
+   server and in one concurrent batch, what per-request assembly is for: where retrieval routes each
+   prompt (and whether that is its label), the plain host's answer, the answer with the prompt's own
+   language or domain ablated, and an English question answered in French by the staged steering brick.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ PROMPTS = [
     ("Write a Python function that reverses a string.", "code"),
     ("What is the derivative of x^3 + 2x?", "math"),
 ]
+ENGLISH_PROMPT = "Tell me about your favourite season and why you like it."  # answered in French by steering
 
 
 @click.command("demo", cls=BrickCommand)
@@ -134,10 +137,10 @@ async def _serve(reg, host, bricks: list[str], engine: str, max_tokens: int) -> 
 
     folder = Path(tempfile.mkdtemp(prefix="brick-demo-"))
     manifest = folder / "demo.yaml"
-    manifest.write_text(
+    manifest.write_text(  # routed label bricks at gain 1: routing is shown, the answer is left as it is
         f"name: demo\nhost:\n  spec: {DEFAULT_HOST}\nbricks:\n"
-        + "".join(f"  - ref: {b}@^1\n    gain: 1.5\n" for b in bricks)
-        + "routing:\n  policy: retrieval\n  top_k: 1\n  threshold: 0.2\n"
+        + "".join(f"  - ref: {b}@^1\n    gain: 1.0\n" for b in bricks)
+        + "routing:\n  policy: retrieval\n  top_k: 1\n  embedder: minilm+chars\n"
         + f"engine:\n  kind: {engine}\n  enforce_eager: true\n  max_model_len: 1024\n"
         + "server:\n  max_tokens: 128\n  max_prompt_tokens: 512\n")
     svc = open_service(manifest, reg)
@@ -147,21 +150,29 @@ async def _serve(reg, host, bricks: list[str], engine: str, max_tokens: int) -> 
         console.print(f"self-test vs reference: {svc.self_test_report['requests']} requests, "
                       f"max |Δlogprob| {svc.self_test_report['max_logprob_diff']:.1e}")
     try:
+        routes = Table("prompt", "label", "routed to", "similarity", "right?")
         jobs = []
         for prompt, label in PROMPTS:
-            ids = svc.tokenize_chat([{"role": "user", "content": prompt}])
-            decision, routed = svc.plan(prompt)
+            decision, _ = svc.plan(prompt)
             own = DEMO_NAMES[label] if DEMO_NAMES[label] in bricks else None
-            _, ablated = svc.plan(prompt, [{"ref": own, "gain": 0.0}] if own else None)
-            plain = svc.cache.get([])
-            jobs.append((prompt, decision, ids, {"plain host": plain, "routed, gain 1.5": routed,
-                                                 "own label brick ablated": ablated}))
+            routed = ", ".join(c.ref.split("@")[0] for c in decision.choices) or "(none)"
+            best = max(decision.similarity.values(), default=float("nan"))
+            routes.add_row(prompt, label, routed, f"{best:.2f}", "yes" if own and routed == own else "no")
+            if own:
+                jobs.append((prompt, {"plain host": [], f"{own} ablated (gain 0)": [{"ref": own, "gain": 0.0}]}))
+        if _on_host(reg, host, STEER_NAME):
+            jobs.append((ENGLISH_PROMPT, {"plain host": [], f"{STEER_NAME} (staged steering)": [STEER_NAME]}))
+        console.print(routes)
+        ids = {p: svc.tokenize_chat([{"role": "user", "content": p}]) for p, _ in jobs}
+        flat = [(p, name, svc.plan(p, request)[1] if request else svc.cache.get([]))
+                for p, variants in jobs for name, request in variants.items()]
         # every request of every assembly in one concurrent batch
-        flat = [(GenRequest(ids, max_tokens), b) for _, _, ids, variants in jobs for b in variants.values()]
-        outs = iter(await asyncio.gather(*(svc.engine.generate(r, b) for r, b in flat)))
-        for prompt, decision, _, variants in jobs:
-            console.print(f"\n[bold]{prompt}[/bold]  routing scores {decision.scores}")
-            for label, built in variants.items():
-                console.print(f"  [cyan]{label}[/cyan] {built.refs or ''}: {next(outs).text.strip()[:150]!r}")
+        outs = await asyncio.gather(*(svc.engine.generate(GenRequest(ids[p], max_tokens), b) for p, _, b in flat))
+        shown = None
+        for (prompt, name, built), out in zip(flat, outs):
+            if prompt != shown:
+                console.print(f"\n[bold]{prompt}[/bold]")
+                shown = prompt
+            console.print(f"  [cyan]{name}[/cyan] {built.refs or ''}: {out.text.strip()[:150]!r}")
     finally:
         await svc.stop()
