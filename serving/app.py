@@ -98,13 +98,25 @@ class _Common(BaseModel):
     def stops(self) -> list[str]:
         return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
 
+    def wants_logprobs(self) -> bool:
+        return False
+
 
 class ChatRequest(_Common):
     messages: list[ChatMessage] = Field(min_length=1)
+    logprobs: bool = False  # each generated token's logprob (the engine keeps only the chosen token's)
+    top_logprobs: int | None = Field(None, ge=0, le=0)
+
+    def wants_logprobs(self) -> bool:
+        return self.logprobs
 
 
 class CompletionRequest(_Common):
     prompt: Text
+    logprobs: int | None = Field(None, ge=0, le=0)  # 0: the chosen tokens' logprobs (no alternatives)
+
+    def wants_logprobs(self) -> bool:
+        return self.logprobs is not None
 
 
 def _error(status: int, message: str, kind: str) -> JSONResponse:
@@ -197,7 +209,8 @@ def create_app(service: BrickService) -> FastAPI:
         prom.route.observe(decision.route_ms / 1e3)
         if service.cache.stats.misses > misses:
             prom.build.observe(built.build_ms / 1e3)
-        gen = GenRequest(ids, max_tokens, req.temperature, req.top_p, req.seed, stop=req.stops())
+        gen = GenRequest(ids, max_tokens, req.temperature, req.top_p, req.seed, logprobs=req.wants_logprobs(),
+                         stop=req.stops())
         info = {"assembly": built.id if built.refs else None, "bricks": built.refs, "routing": decision.explain()}
         headers = {"X-Brick-Assembly": built.id if built.refs else "none"}
         rid = f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{uuid.uuid4().hex[:24]}"
@@ -214,6 +227,8 @@ def create_app(service: BrickService) -> FastAPI:
         choice = ({"index": 0, "message": {"role": "assistant", "content": out.text}} if kind == "chat"
                   else {"index": 0, "text": out.text})
         choice["finish_reason"] = out.finish_reason or "stop"
+        if gen.logprobs:
+            choice["logprobs"] = _logprobs(service, kind, out.token_ids, out.logprobs)
         body = {"id": rid, "object": "chat.completion" if kind == "chat" else "text_completion",
                 "created": int(time.time()), "model": model, "choices": [choice], "usage": usage, "brickwork": info}
         return JSONResponse(body, headers=headers)
@@ -295,17 +310,33 @@ class _Gate:
                       "(server.max_body_bytes)", "invalid_request_error")
 
 
+def _logprobs(service: BrickService, kind: str, token_ids: list[int], logprobs: list[float]) -> dict:
+    """OpenAI's logprobs object for these tokens: chat `{"content": [...]}`, completions the legacy lists."""
+    tok = service.host.tokenizer
+    tokens = [tok.decode([t]) for t in token_ids]
+    if kind == "chat":
+        return {"content": [{"token": t, "logprob": lp, "bytes": list(t.encode("utf-8", "replace")),
+                             "top_logprobs": []} for t, lp in zip(tokens, logprobs)]}
+    offsets, at = [], 0
+    for t in tokens:
+        offsets.append(at)
+        at += len(t)
+    return {"tokens": tokens, "token_logprobs": list(logprobs), "top_logprobs": None, "text_offset": offsets}
+
+
 async def _sse(service, prom, gen, built, rid, model, kind, info, n_prompt) -> AsyncIterator[bytes]:
     created = int(time.time())
     obj = "chat.completion.chunk" if kind == "chat" else "text_completion"
     n = 0
 
-    def chunk(text: str | None, finish: str | None, first: bool = False) -> bytes:
+    def chunk(text: str | None, finish: str | None, first: bool = False, delta=None) -> bytes:
         if kind == "chat":
-            delta = {"role": "assistant", "content": ""} if first else ({"content": text} if text else {})
-            choice = {"index": 0, "delta": delta, "finish_reason": finish}
+            delta_body = {"role": "assistant", "content": ""} if first else ({"content": text} if text else {})
+            choice = {"index": 0, "delta": delta_body, "finish_reason": finish}
         else:
             choice = {"index": 0, "text": text or "", "finish_reason": finish}
+        if gen.logprobs and delta is not None:
+            choice["logprobs"] = _logprobs(service, kind, delta.token_ids, delta.logprobs)
         body = {"id": rid, "object": obj, "created": created, "model": model, "choices": [choice], "brickwork": info}
         return f"data: {json.dumps(body)}\n\n".encode()
 
@@ -314,8 +345,8 @@ async def _sse(service, prom, gen, built, rid, model, kind, info, n_prompt) -> A
             yield chunk(None, None, first=True)
         async for d in service.engine.stream(gen, built):
             n += len(d.token_ids)
-            if d.text or d.finish_reason:
-                yield chunk(d.text, d.finish_reason)
+            if d.text or d.finish_reason or (gen.logprobs and d.token_ids):
+                yield chunk(d.text, d.finish_reason, delta=d)
         prom.requests.labels(kind, "200").inc()
     except BrickError as e:  # headers are sent: report in-band
         yield f"data: {json.dumps({'error': {'message': str(e), 'code': e.status}})}\n\n".encode()

@@ -150,3 +150,26 @@ def test_a_missing_key_variable_is_named_not_shown(tmp_path, tiny_host, monkeypa
     svc = tiny_service(tmp_path, tiny_host, "  api_key_env: BRICK_UNSET_KEY\n")
     with pytest.raises(InvalidInputError, match="BRICK_UNSET_KEY"):
         client_for(svc)
+
+
+def test_logprobs_in_the_openai_shapes(client):
+    """Chat `logprobs: true` and completions `logprobs: 0`: each generated token with its logprob, the same
+    streamed as in one response; alternatives (top_logprobs > 0) are refused, the engine keeps none."""
+    r = client.post("/v1/chat/completions", json=chat("hello", max_tokens=4, temperature=0, logprobs=True),
+                    headers=AUTH).json()
+    content = r["choices"][0]["logprobs"]["content"]
+    assert len(content) == r["usage"]["completion_tokens"] and all(c["logprob"] <= 0 for c in content)
+    assert "".join(c["token"] for c in content) == r["choices"][0]["message"]["content"]
+    with client.stream("POST", "/v1/chat/completions", headers=AUTH,
+                       json=chat("hello", max_tokens=4, temperature=0, logprobs=True, stream=True)) as s:
+        events = [json.loads(line[6:]) for line in s.iter_lines() if line.startswith("data: {")]
+    streamed = [c for e in events for c in (e["choices"][0].get("logprobs") or {}).get("content", [])]
+    assert [c["logprob"] for c in streamed] == [c["logprob"] for c in content]
+    comp = client.post("/v1/completions", json={"prompt": "hello", "max_tokens": 3, "temperature": 0, "logprobs": 0},
+                       headers=AUTH).json()["choices"][0]
+    lp = comp["logprobs"]
+    assert len(lp["tokens"]) == len(lp["token_logprobs"]) == len(lp["text_offset"]) and lp["text_offset"][0] == 0
+    plain = client.post("/v1/chat/completions", json=chat("hello"), headers=AUTH).json()
+    assert "logprobs" not in plain["choices"][0]
+    bad = client.post("/v1/chat/completions", json=chat("hello", logprobs=True, top_logprobs=3), headers=AUTH)
+    assert bad.status_code == 422 and "top_logprobs" in bad.text
