@@ -112,3 +112,38 @@ def served(tmp_path_factory, real_host, bg_loop):
     bg_loop.run(svc.start())
     yield svc
     bg_loop.run(svc.stop())
+
+
+KEY = "test-key-123"  # the served manifest's api_key_env (BRICK_TEST_KEY) holds it while `base_url` runs
+
+
+@pytest.fixture(scope="module")
+def base_url(served, bg_loop):
+    """The HTTP app over the session engine, on a free loopback port, for one test module."""
+    import socket
+
+    import uvicorn
+
+    from serving.app import create_app
+
+    mp = pytest.MonkeyPatch()
+    mp.setenv("BRICK_TEST_KEY", KEY)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(served), host="127.0.0.1", port=port, log_level="warning"))
+
+    async def start():
+        task = asyncio.get_running_loop().create_task(server.serve())
+        while not server.started:
+            await asyncio.sleep(0.05)
+        return task
+
+    async def wait(task):
+        await task
+
+    task = bg_loop.run(start())
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    bg_loop.run(wait(task))
+    mp.undo()

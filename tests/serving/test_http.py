@@ -1,53 +1,14 @@
 """The HTTP server on loopback, driven by the official openai client and raw httpx, on the session engine."""
 
-import socket
-
 import httpx
 import pytest
 import torch
 
 from bricks.format import HostRef
 from bricks.kinds.neurons import neuron_brick
+from tests.serving.conftest import KEY
 
 pytestmark = [pytest.mark.real, pytest.mark.vllm]
-KEY = "test-key-123"
-
-
-@pytest.fixture(scope="module")
-def base_url(served, bg_loop, monkeypatch_module):
-    import uvicorn
-
-    from serving.app import create_app
-
-    monkeypatch_module.setenv("BRICK_TEST_KEY", KEY)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(served), host="127.0.0.1", port=port, log_level="warning"))
-
-    async def start():
-        import asyncio
-
-        task = asyncio.get_running_loop().create_task(server.serve())
-        while not server.started:
-            await asyncio.sleep(0.05)
-        return task
-
-    task = bg_loop.run(start())
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    bg_loop.run(_wait(task))
-
-
-async def _wait(task):
-    await task
-
-
-@pytest.fixture(scope="module")
-def monkeypatch_module():
-    mp = pytest.MonkeyPatch()
-    yield mp
-    mp.undo()
 
 
 @pytest.fixture
