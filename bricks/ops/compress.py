@@ -1,17 +1,17 @@
 """Compress: a smaller host whose FFN neurons are the parent's, so the parent's `neurons` bricks still fit.
 
-    grams = input_grams(host, calibration_ids(host.tokenizer, load_corpus("builtin")))
-    result = compress_host(host, grams, {"method": "ngc", "keep": 0.8}, "out/smollm2-ngc80",
-                           calibration={"source": "builtin", "digest": ...})
+    opts = compress_options({"method": "ngc", "keep": 0.8})
+    ids, calib = calibration(host, "builtin", opts)  # 16 x 256 tokens and what the lineage records of them
+    result = compress_host(host, input_grams(host, ids), opts, "out/smollm2-ngc80", calibration=calib)
 
 A *group* is a set of weight matrices of one layer that read the same input: `ug` = gate_proj + up_proj
 (the MLP input), `qkv` = q_proj + k_proj + v_proj (the attention input). Methods, registered by name with
 their paper and options (`@compression_method`), all at the same parameter count:
 
-- `ngc` (neuron-group compression, arXiv 2510.16851): the group's calibration outputs Y = X [W_1; W_2]^T
-  stacked, a rank-r SVD Y ~ U S V^T; output states Q_out = V_r, shared input states Q_in = the
-  least-squares solution of X Q_in = U_r S_r; each weight W_i ~ Q_out[rows_i] Q_in^T. One Q_in per group,
-  so r(sum m_i + n) parameters instead of sum m_i * n.
+- `ngc` (NGC, Neuronal Group Communication, arXiv 2510.16851, used here as post-hoc compression): the
+  group's calibration outputs Y = X [W_1; W_2]^T stacked, a rank-r SVD Y ~ U S V^T; output states
+  Q_out = V_r, shared input states Q_in = the least-squares solution of X Q_in = U_r S_r; each weight
+  W_i ~ Q_out[rows_i] Q_in^T. One Q_in per group, so r(sum m_i + n) parameters instead of sum m_i * n.
 - `asvd` (activation-aware SVD): the same SVD of calibration outputs, per matrix, nothing shared. It is
   `ngc` with groups of one, so the two differ only by the sharing.
 - `svd`: per-matrix truncated SVD of W (no calibration data).
@@ -163,7 +163,7 @@ def output_states(w: torch.Tensor, gram: torch.Tensor) -> tuple[torch.Tensor, to
 
 @compression_method("ngc", "https://arxiv.org/abs/2510.16851", NgcOptions, shares_input=True)
 def ngc(w: torch.Tensor, gram: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Neuron-group compression: one SVD of a group's stacked calibration outputs, shared input states."""
+    """NGC: one SVD of a group's stacked calibration outputs, input states shared by the group."""
     return output_states(w, gram)
 
 
