@@ -15,7 +15,8 @@ import click
 from rich.table import Table
 
 from bricks.constants import DEFAULT_HOST
-from cli.common import BrickCommand, BrickGroup, console, host_option, open_registry, signed
+from bricks.errors import BrickError
+from cli.common import BrickCommand, BrickGroup, MethodsCommand, console, emit_json, host_option, open_registry, signed
 
 
 def _load_data(data: tuple[str, ...]):
@@ -145,8 +146,14 @@ def _figure(column: str, value: float | None) -> str:
 
 
 # --- eval ------------------------------------------------------------------------------------------------
-@click.command("eval", cls=BrickCommand)
-@click.argument("refs", nargs=-1, required=True)
+def _metrics():
+    from bricks.analysis.metrics import MetricOptions, metrics
+
+    return metrics(), MetricOptions
+
+
+@click.command("eval", cls=MethodsCommand, methods=_metrics)
+@click.argument("refs", nargs=-1)
 @click.option("--data", multiple=True, help="Evaluation corpus (default 'builtin').")
 @click.option("--split", type=click.Choice(["held-out", "all"]), default="held-out", show_default=True,
               help="held-out: only the documents each brick's extraction held out (by its recorded split).")
@@ -166,17 +173,31 @@ def _figure(column: str, value: float | None) -> str:
               help="Steer with all of a brick's layers, or also with its lower and upper half separately "
                    "(grid and staged settings alike).")
 @click.option("--max-new-tokens", type=int, default=48, show_default=True)
-@click.option("--host", "host_spec", default=None, help="Host model (default: the one the bricks name).")
+@click.option("--host", "host_spec", default=None, help="Host model (default: the one the bricks name; with "
+              "--metric and no REF, the built-in host). Any host spec: a built-in name or an HF folder.")
+@click.option("--metric", "metric_name", default=None,
+              help="Measure a metric of the host with the assembly REF[:GAIN]... applied (listed below).")
+@click.option("--opt", "opts", multiple=True, metavar="KEY=VALUE", help="Metric option (repeatable; listed below).")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
+              help="Metric plot PNG (default: brick-plots/METRIC.png).")
 @click.option("--registry", "registry_path", type=click.Path(file_okay=False), default=None)
 @click.pass_context
 def eval_cmd(ctx: click.Context, refs: tuple[str, ...], data: tuple[str, ...], split: str, random_sets: int,
              as_json: bool, heatmap: str | None, steer: bool, target: str | None, dominant: str, ks: str, forms: str,
              positions: str, split_steer: str, layer_mode: str, max_new_tokens: int, host_spec: str | None,
-             registry_path: str | None) -> None:
-    """Evaluate bricks REF...: ΔPPL per label vs random neuron sets, or (--steer) steering variants."""
+             metric_name: str | None, opts: tuple[str, ...], plot_path: str | None, registry_path: str | None) -> None:
+    """Evaluate bricks REF...: ΔPPL per label vs random neuron sets, or (--steer) steering variants, or
+    (--metric NAME) a metric of the host with the assembly REF[:GAIN]... applied (no REF: the host alone)."""
     from bricks.evaluate import evaluation_corpus, host_spec_for
     from bricks.host import load_host
 
+    if metric_name is not None:
+        _eval_metric(ctx, metric_name, refs, opts, host_spec, plot_path, as_json, registry_path)
+        return
+    if opts or plot_path:
+        raise click.UsageError("--opt and --plot go with --metric NAME")
+    if not refs:
+        raise click.UsageError("Missing argument 'REFS...'.")
     reg = open_registry(ctx, registry_path)
     bricks = [reg.get(r) for r in refs]
     host = load_host(host_spec or host_spec_for(bricks))
@@ -205,6 +226,72 @@ def eval_cmd(ctx: click.Context, refs: tuple[str, ...], data: tuple[str, ...], s
     console.print(render_table(report))
     if heatmap:
         console.print(f"heatmap: {heatmap}")
+
+
+def _eval_metric(ctx: click.Context, name: str, refs: tuple[str, ...], opts: tuple[str, ...],
+                 host_spec: str | None, plot_path: str | None, as_json: bool, registry_path: str | None) -> None:
+    """`brick eval --metric NAME [REF[:GAIN]...]`: options are checked before any brick or host is read."""
+    from bricks.analysis.metrics import get_metric
+    from bricks.compose import BrickUse
+    from bricks.evaluate import host_spec_for
+    from bricks.extract.options import option_pairs
+    from bricks.host import load_host
+
+    spec = get_metric(name)
+    raw = option_pairs(opts)
+    raw.setdefault("progress", not as_json)
+    options = spec.parse(raw)
+    pairs = [_use_arg(text) for text in refs]
+    reg = open_registry(ctx, registry_path) if pairs else None
+    uses = [BrickUse(reg.get(ref), gain=gain) for ref, gain in pairs]
+    host = load_host(host_spec or (host_spec_for([u.brick for u in uses]) if uses else DEFAULT_HOST))
+    plot = Path(plot_path or f"brick-plots/{spec.name}.png")
+    result = spec.fn(host, uses, options, plot=plot)
+    if as_json:
+        emit_json({**result.report, "figures": {k: str(v) for k, v in result.figures.items()}})
+        return
+    _print_metric(result.report)
+    for path in result.figures.values():
+        console.print(f"plot written: {path}")
+
+
+def _use_arg(text: str) -> tuple[str, float | None]:
+    """REF or REF:GAIN (the gain the assembly gives that brick, e.g. lang-fr:4 amplifies it x4)."""
+    ref, _, gain = text.partition(":")
+    if not gain:
+        return ref, None
+    try:
+        return ref, float(gain)
+    except ValueError:
+        raise BrickError(f"brick {text!r}: gain {gain!r} is not a number", "write REF or REF:GAIN, e.g. lang-fr:4") \
+            from None
+
+
+def _print_metric(report: dict[str, Any]) -> None:
+    if report["metric"] == "stability":
+        runs = [r for r in ("host", "assembly") if r in report]
+        t = Table("layer", *(f"lambda {r}" for r in runs), title=f"stability of {report['host_name']} "
+                  f"(eps {report['eps']:g}, {report['texts']} texts, {report['tokens']} tokens; < 0 contracts)")
+        for i, layer in enumerate(report["layers"]):
+            t.add_row(str(layer), *(f"{report[r]['lambda'][i]:+.4f}" for r in runs))
+        t.add_row("sum", *(f"{report[r]['sum']:+.4f}" for r in runs))
+        console.print(t)
+    else:
+        title = f"NeuroMFA of {report['host_name']} ({report['samplings']} samplings x {report['nodes']} nodes)"
+        t = Table("network", "alpha_0 [95% CI]", "width [95% CI]", "D_0", "seconds", title=title)
+        for run in ("host", "random_init"):
+            if run in report:
+                r = report[run]
+                t.add_row(run, _ci(r["alpha_0"]), _ci(r["width"]), f"{r['d_0']:.3f}", f"{r['seconds']:.1f}")
+        console.print(t)
+        if "emergence" in report:
+            console.print(f"degree of emergence vs random init: {_ci(report['emergence'])}")
+    console.print(f"[dim]{report.get('note', '')}[/dim]")
+
+
+def _ci(value: dict[str, Any]) -> str:
+    lo, hi = value["ci95"]
+    return f"{value['mean']:.3f} [{lo:.3f}, {hi:.3f}]"
 
 
 # --- audit ---------------------------------------------------------------------------------------------
