@@ -3,6 +3,10 @@
 A corpus is a list of `Doc(text, label)`. Splits are deterministic by content hash, so the same
 document always lands in the same split whatever order files are read in: a held-out slice
 never leaks into extraction. `digest()` identifies a corpus in brick metadata.
+
+A JSONL record may label its text with a string or, for a binary property, with true/false or 1/0
+(read as the labels "1" and "0"), and may name the characters that carry the property with
+`"span": [start, end]` (a Python slice of the text; what `sparse-probe` averages over).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ BUILTIN = "builtin"
 class Doc:
     text: str
     label: str
+    span: tuple[int, int] | None = None  # characters [start, end) of the text that carry the label
 
     def key(self) -> int:
         """A stable 64-bit hash of the text (independent of Python's hash seed)."""
@@ -54,8 +59,10 @@ class Corpus(list):
 
     def digest(self) -> str:
         h = hashlib.sha256()
-        for d in sorted(self, key=lambda d: (d.label, d.text)):
+        for d in sorted(self, key=lambda d: (d.label, d.text, d.span or ())):
             h.update(d.label.encode() + b"\0" + d.text.encode() + b"\0")
+            if d.span is not None:  # only spans change the digest: corpora without them keep theirs
+                h.update(f"{d.span[0]}:{d.span[1]}".encode() + b"\0")
         return "sha256:" + h.hexdigest()
 
 
@@ -102,14 +109,38 @@ def _load_jsonl(path: Path, label: str | None) -> Corpus:
             continue
         try:
             rec = json.loads(line)
-            text, lab = rec["text"], label or rec.get("label") or path.stem
+            text = rec["text"]
+            lab = label or _record_label(rec.get("label"), path.stem)
         except (json.JSONDecodeError, KeyError, TypeError) as e:
             raise InvalidInputError(f"{path}:{n}: not a JSON object with a 'text' field ({e})",
                                     'write one {"text": ..., "label": ...} object per line') from None
         if not isinstance(text, str) or not isinstance(lab, str):
-            raise InvalidInputError(f"{path}:{n}: 'text' and 'label' must be strings", "fix that line")
-        docs.append(Doc(text, lab))
+            raise InvalidInputError(f"{path}:{n}: 'text' must be a string and 'label' a string, true/false or an "
+                                    f"integer (got {type(text).__name__}, {type(rec.get('label')).__name__})",
+                                    "fix that line")
+        docs.append(Doc(text, lab, _record_span(rec.get("span"), text, f"{path}:{n}")))
     return docs
+
+
+def _record_label(value, default: str):
+    """A record's label as text: missing or "" -> the file stem; true/false -> "1"/"0"; an integer -> its digits."""
+    if value is None or value == "":
+        return default
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    return str(value) if isinstance(value, int) else value
+
+
+def _record_span(value, text: str, where: str) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    ok = isinstance(value, list) and len(value) == 2 and all(type(v) is int for v in value)
+    if not ok or not 0 <= value[0] < value[1] <= len(text):
+        raise InvalidInputError(f"{where}: 'span' must be [start, end] with 0 <= start < end <= {len(text)} (the "
+                                f"text's length in characters), got {json.dumps(value)}",
+                                "give the characters that carry the label as a slice of 'text', or drop 'span' "
+                                "to use the whole text")
+    return value[0], value[1]
 
 
 @dataclass

@@ -27,7 +27,7 @@ from typing import Any
 from bricks.extract.options import ExtractorOptions, MethodRegistry, MethodSpec
 from bricks.format import Brick
 
-_MODULES = ("emergent", "clusters", "rare_tokens")
+_MODULES = ("emergent", "clusters", "rare_tokens", "sparse_probe")
 
 
 @dataclass
