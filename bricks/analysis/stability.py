@@ -7,7 +7,8 @@ the clean and the perturbed input through the model together, and take per layer
 
 where h_l is the residual stream after decoder layer l (h_0 the embeddings). lambda_l < 0: layer l contracts
 the perturbation; > 0: it expands it; the sum over layers is the log amplification end to end. Texts are
-averaged (the report keeps the spread over texts).
+averaged (the report keeps the spread over texts). Because the residual stream itself grows with depth, the
+report also gives `lambda_relative`, the same for ||dh_l|| / ||h_l|| (the stream's own growth taken out).
 
 This is brickwork's own finite-time Lyapunov-style estimate, in the spirit of the stability measure of
 activation dynamics in Neuronal Group Communication (arXiv 2510.16851), whose exact formula is not public:
@@ -96,11 +97,17 @@ def stability_texts(tokenizer, options: StabilityOptions) -> list[torch.Tensor]:
     return rows
 
 
-@torch.no_grad()
 def layer_lambdas(model, adapter, ids: torch.Tensor, eps: float, seed: int) -> np.ndarray:
     """lambda_l for l = 1..n_layers on one text: the mean over its tokens of the log growth of the perturbation
-    through layer l. Clean and perturbed inputs run as one batch of two, so their difference is the perturbation's
-    alone."""
+    through layer l."""
+    return layer_growth(model, adapter, ids, eps, seed)[0]
+
+
+@torch.no_grad()
+def layer_growth(model, adapter, ids: torch.Tensor, eps: float, seed: int) -> np.ndarray:
+    """[2, n_layers]: lambda_l (as `layer_lambdas`) and the same for the relative perturbation
+    ||dh_l|| / ||h_l|| (the residual stream's own growth taken out). Clean and perturbed inputs run as one batch
+    of two, so their difference is the perturbation's alone."""
     emb = model.get_input_embeddings()(ids)[0]  # [T, d]
     gen = torch.Generator().manual_seed(seed)
     u = torch.randn(emb.shape, generator=gen, dtype=emb.dtype)
@@ -117,31 +124,38 @@ def layer_lambdas(model, adapter, ids: torch.Tensor, eps: float, seed: int) -> n
     finally:
         for h in handles:
             h.remove()
-    diffs = [(h[1] - h[0]).float() for h in [pair, *outputs]]  # the rounded input difference, not delta
-    norms = torch.stack([d.norm(dim=-1) for d in diffs]).clamp_min(torch.finfo(torch.float32).tiny)  # [L+1, T]
-    return torch.log(norms[1:] / norms[:-1]).mean(dim=1).numpy()
+    tiny = torch.finfo(torch.float32).tiny
+    states = [pair, *outputs]
+    diffs = torch.stack([(h[1] - h[0]).float().norm(dim=-1) for h in states]).clamp_min(tiny)  # [L+1, T]
+    sizes = torch.stack([h[0].float().norm(dim=-1) for h in states]).clamp_min(tiny)
+    growth = torch.log(diffs[1:] / diffs[:-1])  # the rounded input difference, not delta, starts the chain
+    relative = growth - torch.log(sizes[1:] / sizes[:-1])
+    return torch.stack([growth.mean(dim=1), relative.mean(dim=1)]).numpy()
 
 
 def _text_lambdas(host, ids, eps, seed, assembly, bar) -> np.ndarray:
     from bricks.apply import assembly_applied
 
     if assembly is None:
-        out = layer_lambdas(host.model, host.adapter, ids, eps, seed)
+        out = layer_growth(host.model, host.adapter, ids, eps, seed)
     else:
         with assembly_applied(host.model, host.adapter, assembly):
-            out = layer_lambdas(host.model, host.adapter, ids, eps, seed)
+            out = layer_growth(host.model, host.adapter, ids, eps, seed)
     bar.update()
     return out
 
 
 def summarise(per_text: np.ndarray) -> dict[str, Any]:
     """Per-layer lambda (mean and spread over texts) and the figures a reader compares: the mean over layers,
-    the sum (log amplification end to end), the largest layer and how many layers contract."""
-    lam = per_text.mean(axis=0)
+    the sum (log amplification end to end), the largest layer and how many layers contract; and lambda of the
+    relative perturbation (per_text is [texts, 2, layers] from `layer_growth`)."""
+    lam, rel = per_text[:, 0].mean(axis=0), per_text[:, 1].mean(axis=0)
     return {"lambda": [round(float(x), 5) for x in lam],
-            "lambda_std": [round(float(x), 5) for x in per_text.std(axis=0)],
+            "lambda_std": [round(float(x), 5) for x in per_text[:, 0].std(axis=0)],
             "mean": float(lam.mean()), "sum": float(lam.sum()), "max": float(lam.max()),
-            "max_layer": int(lam.argmax()) + 1, "contracting_layers": int((lam < 0).sum())}
+            "max_layer": int(lam.argmax()) + 1, "contracting_layers": int((lam < 0).sum()),
+            "lambda_relative": [round(float(x), 5) for x in rel], "sum_relative": float(rel.sum()),
+            "contracting_layers_relative": int((rel < 0).sum())}
 
 
 def plot_stability(report: dict[str, Any], path: str | Path) -> Path:
@@ -157,6 +171,7 @@ def plot_stability(report: dict[str, Any], path: str | Path) -> Path:
             f"{b['brick']}" + ("" if b["gain"] is None else f" x{b['gain']:g}") for b in report[run]["bricks"])
         ax.plot(layers, lam, "o-", ms=3, color=colour, label=f"{label} (sum {report[run]['sum']:+.2f})")
         ax.fill_between(layers, lam - std, lam + std, color=colour, alpha=0.15)
+        ax.plot(layers, report[run]["lambda_relative"], "--", lw=1, color=colour, label=f"{run}, relative to |h_l|")
     ax.axhline(0, color="0.4", lw=0.8)
     ax.set_xlabel("layer")
     ax.set_ylabel("lambda = mean log(|dh_l| / |dh_(l-1)|)")

@@ -30,7 +30,7 @@ def test_identity_layers_neither_contract_nor_expand(identity_host):
     ids = torch.tensor([[1, 5, 9, 40, 77, 3]])
     assert layer_lambdas(identity_host.model, identity_host.adapter, ids, 1e-3, 0).tolist() == [0.0] * 4
     report = run_metric("stability", identity_host, **FAST).report
-    assert report["host"]["lambda"] == [0.0] * 4 and report["host"]["sum"] == 0.0
+    assert report["host"]["lambda"] == report["host"]["lambda_relative"] == [0.0] * 4 and report["host"]["sum"] == 0.0
 
 
 def test_a_random_host_and_its_assembly_are_both_reported(tiny_host, tmp_path):
