@@ -16,7 +16,7 @@ from rich.table import Table
 
 from bricks.constants import DEFAULT_HOST
 from bricks.errors import BrickError
-from cli.common import BrickCommand, BrickGroup, MethodsCommand, console, emit_json, host_option, open_registry, signed
+from cli.common import BrickCommand, BrickGroup, console, emit_json, host_option, open_registry, signed
 
 
 def _load_data(data: tuple[str, ...]):
@@ -146,13 +146,24 @@ def _figure(column: str, value: float | None) -> str:
 
 
 # --- eval ------------------------------------------------------------------------------------------------
-def _metrics():
-    from bricks.analysis.metrics import MetricOptions, metrics
+class EvalCommand(BrickCommand):
+    """`brick eval`: its --help ends with every metric, its paper and its options (read when --help asks:
+    importing the metrics loads torch)."""
 
-    return metrics(), MetricOptions
+    def format_epilog(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        from bricks.analysis.metrics import metrics
+        from bricks.extract.options import describe_option, option_names
+
+        lines = ["Metrics (--metric NAME; options with --opt KEY=VALUE):", "", "\b"]
+        for spec in metrics().values():
+            lines.append(f"  {spec.name}: {spec.summary}  ({spec.reference_url})")
+            lines += [f"      {key}: {describe_option(spec.options, key)}"[:160]
+                      for key in option_names(spec.options) if key != "progress"]
+        self.epilog = "\n".join(lines)
+        super().format_epilog(ctx, formatter)
 
 
-@click.command("eval", cls=MethodsCommand, methods=_metrics)
+@click.command("eval", cls=EvalCommand)
 @click.argument("refs", nargs=-1)
 @click.option("--data", multiple=True, help="Evaluation corpus (default 'builtin').")
 @click.option("--split", type=click.Choice(["held-out", "all"]), default="held-out", show_default=True,
