@@ -11,7 +11,7 @@ read by `bricks.corpus`), else every token counts.
   feature standardised on the fitting split. C runs over a path from the smallest C that selects any
   neuron upwards, refined by bisection where the probe outgrows the budget; the chosen C has the best
   accuracy on a validation split among those whose probe reads at most `budget` x all neurons (ties:
-  the sparser probe).
+  validation AUROC, then log-loss; see `choose`).
 - Three splits, all by document (before long documents are cut into snippets): the probe is fitted on
   one, C chosen on another, and everything reported (accuracy, AUROC, the ablation check) is measured
   on the held-out documents neither saw.
@@ -168,6 +168,7 @@ class ProbeFit:
     val_auroc: float
     test_acc: float
     test_auroc: float
+    val_nll: float = float("nan")  # mean log-loss on the validation split
 
     @property
     def n_neurons(self) -> int:
@@ -201,6 +202,7 @@ def l1_path(splits: dict[str, Features], c_grid: list[float] | None, solver: str
     C runs over `c_grid` (default: 16 values from the smallest C that selects a neuron to 300x it), then
     `REFINE` bisections (geometric) between the largest C within `max_neurons` and the next C past it: the
     probe at the budget's edge usually reads more neurons than any grid point within it, and does better."""
+    from sklearn.metrics import log_loss
     from sklearn.svm import l1_min_c
 
     fit, val, test = standardise(splits["fit"].x, splits["val"].x, splits["test"].x)
@@ -213,8 +215,9 @@ def l1_path(splits: dict[str, Features], c_grid: list[float] | None, solver: str
         model = l1_logistic(c, solver, seed)
         model.fit(fit, y_fit)
         bar.update()
+        nll = log_loss(splits["val"].y, model.predict_proba(val)[:, 1], labels=[0, 1])
         return ProbeFit(c, model.coef_[0].copy(), float(model.intercept_[0]), *_scores(model, val, splits["val"].y),
-                        *_scores(model, test, splits["test"].y))
+                        *_scores(model, test, splits["test"].y), val_nll=float(nll))
 
     path = [probe(float(c)) for c in sorted(grid)]
     low = max((p.c for p in path if p.n_neurons <= max_neurons), default=c_min)
@@ -239,14 +242,16 @@ def l1_logistic(c: float, solver: str, seed: int):
 
 def choose(path: list[ProbeFit], max_neurons: int) -> ProbeFit:
     """The best validation accuracy among probes reading at most `max_neurons` and giving some neuron a positive
-    weight (then the better validation AUROC, then the fewer neurons)."""
+    weight; ties (common when the property is easy) go to the better validation AUROC, then the lower validation
+    log-loss (which usually means the probe at the budget's edge), then the fewer neurons."""
     ok = [p for p in path if 0 < p.n_neurons <= max_neurons and p.n_positive > 0]
     if not ok:
         sizes = sorted({p.n_neurons for p in path})
         raise InvalidInputError(f"no probe on the C path reads between 1 and {max_neurons} neurons with a positive "
                                 f"weight (sizes on the path: {sizes})",
                                 "raise budget, or pass a c_grid of smaller C values")
-    return max(ok, key=lambda p: (p.val_acc, np.nan_to_num(p.val_auroc), -p.n_neurons))
+    return max(ok, key=lambda p: (p.val_acc, np.nan_to_num(p.val_auroc), -np.nan_to_num(p.val_nll, nan=np.inf),
+                                  -p.n_neurons))
 
 
 def restricted_probe(splits: dict[str, Features], columns: np.ndarray, seed: int = 0) -> dict[str, float]:
@@ -418,7 +423,7 @@ def extract_sparse_probe(host, corpus: Corpus, options: SparseProbeOptions | Non
 
 
 def _path_row(p: ProbeFit) -> dict[str, float]:
-    return {"c": p.c, "neurons": p.n_neurons, "positive": p.n_positive, "val_acc": p.val_acc,
+    return {"c": p.c, "neurons": p.n_neurons, "positive": p.n_positive, "val_acc": p.val_acc, "val_nll": p.val_nll,
             "held_out_acc": p.test_acc, "held_out_auroc": p.test_auroc}
 
 
