@@ -12,8 +12,10 @@ neurons, the probe's held-out accuracy and AUROC and its chosen C, the same-size
 held-out French and English with the brick at gain 0, and with 5 random same-shape sets). Settings:
 - main: whole 48-token snippets, budget 0.1% of all neurons;
 - short: the same snippets cut to their first 4 tokens (max_len=4), budget 0.1%;
-- few: whole snippets, budget 0.01% (4 neurons).
-The last two are harder on purpose: on whole snippets fr-vs-en is easy for random neuron sets too.
+- few (only with --settings ...,few): whole snippets, budget 0.01% (4 neurons).
+The last two are harder on purpose: on whole snippets fr-vs-en is easy for random neuron sets too. With
+--plots, each setting also reports gap_by_size: every probe of the C path (1 neuron upwards) against
+random sets of its size, which is the "fewer neurons" comparison without another extraction.
 """
 
 from __future__ import annotations
@@ -61,7 +63,22 @@ def run_setting(host, corpus, options: dict, plots: Path | None) -> dict:
         out["bars"]["ablation_own_ge_3x_other"] = ab["own_over_other"] >= 3
         out["bars"]["random_sets_not_asymmetric"] = rand_max is None or rand_max < 3
     out["plots"] = {k: str(v) for k, v in ex.artifacts.items()}
+    if "random_curve" in m:
+        out["gap_by_size"] = gap_by_size(m["path"], m["random_curve"])
     return out
+
+
+def gap_by_size(path: list[dict], random_curve: list[dict]) -> list[dict]:
+    """Fewer neurons: each probe of the L1 path (held-out accuracy) against random sets of its size."""
+    rand = {r["neurons"]: r for r in random_curve}
+    rows = []
+    for p in path:
+        r = rand.get(p["neurons"])
+        if r is not None:
+            rows.append({"neurons": p["neurons"], "c": p["c"], "probe_acc": p["held_out_acc"],
+                         "random_acc_mean": r["mean"], "random_acc_max": r["max"],
+                         "gap_points": round(100 * (p["held_out_acc"] - r["mean"]), 2)})
+    return rows
 
 
 def main() -> None:
@@ -69,7 +86,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--host", default=DEFAULT_HOST, help="Host (a local folder for a quick smoke run).")
     ap.add_argument("--snippet-tokens", type=int, default=48)
-    ap.add_argument("--settings", default=",".join(SETTINGS), help="Comma-separated: " + ", ".join(SETTINGS))
+    ap.add_argument("--settings", default="main,short", help="Comma-separated: " + ", ".join(SETTINGS))
     ap.add_argument("--budget", type=float, default=0.001, help="The main setting's budget (share of all neurons).")
     ap.add_argument("--n-random", type=int, default=5)
     ap.add_argument("--out", default=None, help="Also write the JSON here.")
