@@ -8,12 +8,14 @@ from bricks.extract.clusters import ClusterOptions
 from bricks.extract.emergent import EmergentOptions
 from bricks.extract.options import describe_option, option_pairs, parse_options, type_name
 from bricks.extract.rare_tokens import RareTokenOptions
+from bricks.extract.sparse_probe import SparseProbeOptions
 
 
 def test_every_extractor_declares_an_options_model_with_descriptions():
     specs = extractors()
     assert {s.name: s.options for s in specs.values()} == {
-        "emergent": EmergentOptions, "clusters": ClusterOptions, "rare_tokens": RareTokenOptions}
+        "emergent": EmergentOptions, "clusters": ClusterOptions, "rare_tokens": RareTokenOptions,
+        "sparse_probe": SparseProbeOptions}
     for spec in specs.values():
         assert spec.reference_url.startswith("https://arxiv.org/") and spec.summary
         assert spec.options.model_config["extra"] == "forbid"
