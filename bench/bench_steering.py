@@ -1,6 +1,6 @@
 """Staged steering on SmolLM2-135M: the quality bar of issue 15 §2, on prompts the project never tuned on.
 
-    python bench/bench_steering.py [--targets fr,de] [--max-new-tokens 48] [--out bench-steering.json]
+    python bench/bench_steering.py [--targets fr,de] [--max-new-tokens 48] [--choose] [--out bench-steering.json]
 
 For each target language: extract the emergent label bricks from the shipped corpora (train split), build
 the steering brick `brick steer --no-measure` publishes (bricks.steer.publish.DEFAULT_SETTING: clamp to 2x
@@ -15,7 +15,10 @@ Figures per setting: target-language word share, repeated-3-gram rate, known-wor
 English corpora), the plain host's perplexity of the replies, and English perplexity (held-out text of the
 corpora) under the generation-time map and under the prompt-time map. The staged brick's replies are also
 generated through the assembly path (the one staged brick, as `brick serve` composes it) and must equal the
-sweep's (two position-restricted hooks): what is served is what is evaluated. Prints JSON.
+sweep's (two position-restricted hooks): what is served is what is evaluated. With --choose, `brick steer`'s
+choice is measured too: its candidates (bricks.steer.publish.DEFAULT_CANDIDATES) are compared on the tuning
+prompts (bricks.steer.DEFAULT_PROMPTS, never the evaluation prompts) and the chosen setting is then evaluated
+on the English prompts like the default. Prints JSON.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from bricks.evaluate import evaluation_corpus
 from bricks.extract import get_extractor
 from bricks.host import load_host
 from bricks.steer import Setting, generate, score_generations, steer_sweep, word_vocab
-from bricks.steer.publish import DEFAULT_SETTING, steering_brick
+from bricks.steer.publish import DEFAULT_CANDIDATES, DEFAULT_SETTING, choose_setting, steering_brick
 
 PROMPTS = Path(__file__).resolve().parents[1] / "bricks" / "data" / "routing" / "prompts.jsonl"
 ALL_POSITIONS = Setting(("diff", 1.0), ("diff", 1.0))
@@ -59,6 +62,8 @@ def main() -> None:
     ap.add_argument("--targets", default="fr,de")
     ap.add_argument("--max-new-tokens", type=int, default=48)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--choose", action="store_true", help="also measure brick steer's choice (see the docstring)")
+    ap.add_argument("--candidates", default=DEFAULT_CANDIDATES)
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -77,9 +82,16 @@ def main() -> None:
             continue
         eval_corpus = evaluation_corpus([brick], full, host.tokenizer)
         vocab = word_vocab(full.by_label(target)) | word_vocab(full.by_label("en"))
-        rows = steer_sweep(host, brick, target, eval_corpus.by_label("en"), [DEFAULT_SETTING, ALL_POSITIONS],
+        settings, names = [DEFAULT_SETTING, ALL_POSITIONS], ["plain host", "staged (served)",
+                                                             "same offset at every token"]
+        chosen = None
+        if args.choose:
+            chosen = choose_setting(host, brick, target, eval_corpus.by_label("en"), args.candidates,
+                                    max_new_tokens=args.max_new_tokens, vocab=vocab)
+            settings.append(chosen.setting)
+            names.append("brick steer's choice")
+        rows = steer_sweep(host, brick, target, eval_corpus.by_label("en"), settings,
                            prompts=prompts["en"], max_new_tokens=args.max_new_tokens, vocab=vocab)
-        names = ["plain host", "staged (served)", "same offset at every token"]
         table = {n: r.to_dict() for n, r in zip(names, rows)}
         # the published brick through the assembly path, as the server composes it
         staged = steering_brick(brick, target)
@@ -92,6 +104,8 @@ def main() -> None:
         s = table["staged (served)"]
         out["targets"][target] = {
             "brick_size": brick.size(), "table": table,
+            "choice": None if chosen is None else {"setting": [chosen.setting.prompt, chosen.setting.generated],
+                                                   "why": chosen.reason, "tuning_table": chosen.table},
             "host_own_replies": {**own_score, "sample": own[0][:160]},
             "served_equals_evaluated": served_texts[0][:160] == s["sample"]
             and served_score["target_share"] == s["target_share"] and served_score["repetition"] == s["repetition"],
