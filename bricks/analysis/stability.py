@@ -173,6 +173,7 @@ def plot_stability(report: dict[str, Any], path: str | Path) -> Path:
         ax.fill_between(layers, lam - std, lam + std, color=colour, alpha=0.15)
         ax.plot(layers, report[run]["lambda_relative"], "--", lw=1, color=colour, label=f"{run}, relative to |h_l|")
     ax.axhline(0, color="0.4", lw=0.8)
+    ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set_xlabel("layer")
     ax.set_ylabel("lambda = mean log(|dh_l| / |dh_(l-1)|)")
     ax.set_title(f"stability of {report['host_name']} (eps {report['eps']:g}, {report['texts']} texts)", fontsize=9)
