@@ -36,6 +36,12 @@ ARCHIVE_FORMAT = "brickwork-registry-archive"
 ARCHIVE_VERSION = 1
 INDEX_NAME = "index.json"
 BLOB_DIR = "blobs/"
+# What one import may unpack into memory (a member's header states its size; a gzip bomb states a lie only
+# the decompression would reveal, so the sizes are checked before each member is read, and the bytes read
+# after the end-of-archive block are bounded too). BRICK_MAX_ARCHIVE_BYTES raises the total.
+MAX_INDEX_BYTES = 64 << 20
+MAX_TOTAL_BYTES = 16 << 30
+MAX_TRAILER_BYTES = 16 << 20
 
 
 class ArchivedVersion(BaseModel):
@@ -172,17 +178,43 @@ def _read_members(path: Path) -> dict[str, bytes]:
     if not path.is_file():
         raise InvalidInputError(f"archive {path} does not exist", "check the path")
     members: dict[str, bytes] = {}
+    total = 0
     try:
         with tarfile.open(path, mode="r:*") as tar:
             for member in tar:
                 _check_member(path, member, members)
+                total += member.size
+                _check_size(path, member, total)
                 members[member.name] = tar.extractfile(member).read()
             # tarfile stops at the end-of-archive block; read on so a cut gzip trailer (CRC) is noticed.
-            while tar.fileobj.read(1 << 20):
-                pass
+            trailer = 0
+            while chunk := tar.fileobj.read(1 << 20):
+                trailer += len(chunk)
+                if trailer > MAX_TRAILER_BYTES:
+                    raise _bad_archive(path, f"more than {MAX_TRAILER_BYTES >> 20} MiB of data after the "
+                                             "end-of-archive block")
     except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
         raise _bad_archive(path, f"not a readable tar archive ({e}); it may be truncated") from None
     return members
+
+
+def _check_size(path: Path, member: tarfile.TarInfo, total: int) -> None:
+    if member.name == INDEX_NAME and member.size > MAX_INDEX_BYTES:
+        raise _bad_archive(path, f"{INDEX_NAME} is {member.size} bytes; an index is at most {MAX_INDEX_BYTES} bytes")
+    most = _max_total()
+    if total > most:
+        raise _bad_archive(path, f"its members add up to more than {most} bytes (at {member.name!r}); "
+                                 "set BRICK_MAX_ARCHIVE_BYTES higher to import an archive that large")
+
+
+def _max_total() -> int:
+    text = os.environ.get("BRICK_MAX_ARCHIVE_BYTES")
+    if text is None:
+        return MAX_TOTAL_BYTES
+    if not text.isdigit():
+        raise InvalidInputError(f"BRICK_MAX_ARCHIVE_BYTES={text!r} is not a number of bytes",
+                                "set it to a whole number, e.g. 34359738368 for 32 GiB")
+    return int(text)
 
 
 def _check_member(path: Path, member: tarfile.TarInfo, seen: dict[str, bytes]) -> None:

@@ -173,3 +173,25 @@ def test_export_refuses_corrupt_blobs(src: Registry, tmp_path: Path):
     with pytest.raises(CorruptBlobError):
         src.export(None, tmp_path / "all.tar")
     assert not (tmp_path / "all.tar").exists()
+
+
+def test_archive_sizes_are_bounded_before_reading(src: Registry, tmp_path: Path, monkeypatch):
+    """A member's stated size is checked before it is unpacked (a gzip bomb's would not fit in memory)."""
+    import registry.archive as archive_mod
+
+    archive = src.export(None, tmp_path / "all.tar.gz")
+    dst = Registry(tmp_path / "dst")
+    monkeypatch.setattr(archive_mod, "MAX_TOTAL_BYTES", 2000)
+    with pytest.raises(InvalidInputError, match="BRICK_MAX_ARCHIVE_BYTES"):
+        dst.import_archive(archive)
+    monkeypatch.setattr(archive_mod, "MAX_TOTAL_BYTES", 1 << 30)
+    monkeypatch.setattr(archive_mod, "MAX_INDEX_BYTES", 10)
+    with pytest.raises(InvalidInputError, match="an index is at most"):
+        dst.import_archive(archive)
+    monkeypatch.setattr(archive_mod, "MAX_INDEX_BYTES", 1 << 20)
+    padded = tmp_path / "padded.tar"
+    padded.write_bytes(src.export(None, tmp_path / "plain.tar").read_bytes() + bytes(3 << 20))
+    monkeypatch.setattr(archive_mod, "MAX_TRAILER_BYTES", 1 << 20)
+    with pytest.raises(InvalidInputError, match="after the end-of-archive"):
+        dst.import_archive(padded)
+    assert dst.names() == []
