@@ -90,6 +90,8 @@ def heldout_error(host, compression, grams) -> float:
     params = dict(host.model.named_parameters())
     errors = []
     for g in compression.groups:
+        if not g.swapped:
+            continue
         approx = {k: v for f in g.factorisations for k, v in f.weights().items()}
         original = {k: params[k].detach() for k in approx}
         errors += list(ops.relative_errors(original, approx, grams[(g.layer, g.group)])[0].values())
@@ -176,7 +178,7 @@ def main() -> None:
         print(json.dumps(out["rows"][-1]), file=sys.stderr)
         if args.out:  # what is measured so far survives a later failure
             Path(args.out).write_text(json.dumps(out, indent=2))
-    out["from_folder"] = from_folder(host, grams, calib, prompts, docs, brick, base)
+    out["from_folder"] = from_folder(host, grams, calib, prompts, docs, brick, base, cache)
     out["wall_s"] = round(time.perf_counter() - started, 1)
     text = json.dumps(out, indent=2)
     print(text)
@@ -198,11 +200,11 @@ def heldout_grams(host, docs: Corpus) -> dict:
     return grams
 
 
-def from_folder(host, grams, calib, prompts: Corpus, docs: Corpus, brick, base: dict) -> dict:
+def from_folder(host, grams, calib, prompts: Corpus, docs: Corpus, brick, base: dict, cache: dict) -> dict:
     """ngc at keep 0.8 written as a derived host, loaded back as one; the parent's brick runs on it."""
     with tempfile.TemporaryDirectory() as tmp:
         result = ops.compress_host(host, grams, {"method": "ngc", "keep": 0.8, "max_error": None},
-                                   Path(tmp) / "ngc80", calibration=calib)
+                                   Path(tmp) / "ngc80", calibration=calib, cache=cache)
         derived = load_host(str(result.path))
         got = measure(derived, prompts, docs, brick)  # assemble() checks the brick against the derived host
         factors = (result.path / ops.FACTORS_DIR / "factors.safetensors").stat().st_size

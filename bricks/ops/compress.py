@@ -433,12 +433,14 @@ def check_out_dir(out: str | os.PathLike, host_path: Path | None = None) -> Path
 
 
 def compress_host(host, grams: dict[tuple[int, str], torch.Tensor], options: dict | CompressOptions | None,
-                  out: str | os.PathLike, *, calibration: dict[str, Any], progress: bool = True) -> CompressResult:
+                  out: str | os.PathLike, *, calibration: dict[str, Any], cache: dict | None = None,
+                  progress: bool = True) -> CompressResult:
     """Compress `host` and write the derived host to `out` (a new folder, written whole or not at all):
     the HF model with the compressed weights, their factors, the lineage file, a report and a plot.
-    `calibration`: what the lineage records of the calibration data (source, digest, chunks, tokens)."""
+    `calibration`: what the lineage records of the calibration data (source, digest, chunks, tokens);
+    `cache`: as for compress_weights."""
     out = check_out_dir(out, host.path)
-    compression = compress_weights(host, grams, options, progress=progress)
+    compression = compress_weights(host, grams, options, cache=cache, progress=progress)
     lineage = lineage_record(host, compression, calibration)
     report = compression.report()
     out.parent.mkdir(parents=True, exist_ok=True)
