@@ -50,6 +50,7 @@ from bricks.profile import chunk_corpus, decoder
 
 POSITIVE_WORDS = ("1", "true", "yes", "positive", "pos")  # a label read as the positive class by default
 REFINE = 4  # bisections of C at the budget's edge
+PAST_BUDGET = 4  # the C path stops once a probe reads more than this x the budget
 RANDOM_C = tuple(10.0 ** np.arange(-3.0, 2.5, 0.5))  # C grid of the (L2) probes on random neuron sets
 
 
@@ -199,9 +200,10 @@ def l1_path(splits: dict[str, Features], c_grid: list[float] | None, solver: str
             progress: bool = False) -> list[ProbeFit]:
     """L1 logistic regressions fitted on splits["fit"], scored on "val" and "test", sorted by C.
 
-    C runs over `c_grid` (default: 16 values from the smallest C that selects a neuron to 300x it), then
-    `REFINE` bisections (geometric) between the largest C within `max_neurons` and the next C past it: the
-    probe at the budget's edge usually reads more neurons than any grid point within it, and does better."""
+    C runs over `c_grid` (default: 16 values from the smallest C that selects a neuron to 300x it) until a
+    probe reads more than `PAST_BUDGET` x `max_neurons`, then `REFINE` bisections (geometric) between the
+    largest C within `max_neurons` and the next C past it: the probe at the budget's edge usually reads
+    more neurons than any grid point within it, and does better."""
     from sklearn.metrics import log_loss
     from sklearn.svm import l1_min_c
 
@@ -209,7 +211,7 @@ def l1_path(splits: dict[str, Features], c_grid: list[float] | None, solver: str
     y_fit = splits["fit"].y
     c_min = float(l1_min_c(fit, y_fit, loss="log"))
     grid = c_grid or list(c_min * np.logspace(0.02, 2.5, 16))
-    bar = tqdm(total=len(grid) + REFINE, desc="L1 path", unit="C", disable=not progress)
+    bar = tqdm(total=len(grid), desc="L1 path", unit="C", disable=not progress)
 
     def probe(c: float) -> ProbeFit:
         model = l1_logistic(c, solver, seed)
@@ -219,7 +221,11 @@ def l1_path(splits: dict[str, Features], c_grid: list[float] | None, solver: str
         return ProbeFit(c, model.coef_[0].copy(), float(model.intercept_[0]), *_scores(model, val, splits["val"].y),
                         *_scores(model, test, splits["test"].y), val_nll=float(nll))
 
-    path = [probe(float(c)) for c in sorted(grid)]
+    path = []
+    for c in sorted(grid):
+        path.append(probe(float(c)))
+        if path[-1].n_neurons > PAST_BUDGET * max_neurons:  # larger C only grows the probe further (and slows it)
+            break
     low = max((p.c for p in path if p.n_neurons <= max_neurons), default=c_min)
     high = min((p.c for p in path if p.n_neurons > max_neurons), default=None)
     for _ in range(REFINE if high is not None else 0):
