@@ -32,6 +32,11 @@ model. The graph is undirected, the centres a random sample (sandbox) rather tha
 geometric between the distances at which the mean mass is min_mass and max_mass (the scaling range is chosen
 by mass, not by eye), and the emergence formula is as we read it — compare
 brickwork's own numbers with each other.
+
+Measured on SmolLM2-135M (bench/bench_metrics.py): with the norm scales folded in (the default), alpha_0 is
+bimodal over samplings (near 2 or near 0.2): a few residual dimensions have RMSNorm scales ~2e-4, their edges
+are 1000x longer, and a sampling that draws them keeps isolated nodes over the scaling range. With
+`fold_norms=false` the same samplings gave alpha_0 between 1.96 and 2.77.
 """
 
 from __future__ import annotations
@@ -68,6 +73,8 @@ class MFAOptions(MetricOptions):
     min_mass: float = Field(0.01, gt=0, lt=1, description="Scaling range: smallest mean mass N_i(r)/N fitted.")
     max_mass: float = Field(0.5, gt=0, le=1, description="Scaling range: largest mean mass N_i(r)/N fitted.")
     min_weight: float = Field(0.0, ge=0, description="Edges with |w| at or below this are left out.")
+    fold_norms: bool = Field(True, description="Fold the RMSNorm scales into the matrices that read the normed "
+                             "input (false: the raw projection weights).")
     baseline: bool = Field(True, description="Also measure a randomly initialised model of the same config "
                            "(the degree of emergence needs it).")
     bootstrap: int = Field(1000, ge=10, description="Bootstrap resamples of the samplings (95% intervals).")
@@ -142,9 +149,10 @@ def graph_spectrum(graph, options: MFAOptions, rng: np.random.Generator) -> Spec
 class HostWeights:
     """Sub-blocks of the host's weights (fp32 numpy), with an assembly's neuron gains on down_proj columns."""
 
-    def __init__(self, host, gains: torch.Tensor | None = None):
+    def __init__(self, host, gains: torch.Tensor | None = None, fold_norms: bool = True):
         self.layers = host.adapter.layers(host.model)
         self.gains = gains
+        self.fold_norms = fold_norms
 
     def block(self, layer: int, name: str, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
         mod = self.layers[layer]
@@ -160,6 +168,8 @@ class HostWeights:
         return out.numpy()
 
     def norm(self, layer: int, which: str, idx: np.ndarray) -> np.ndarray:
+        if not self.fold_norms:
+            return np.ones(len(idx), dtype=np.float32)
         mod = self.layers[layer]
         ln = mod.input_layernorm if which == "attn" else mod.post_attention_layernorm
         return ln.weight.detach()[torch.as_tensor(idx)].float().numpy()
@@ -266,7 +276,7 @@ def _value_to_o(weights, layer: int, s: Shape, qkv: np.ndarray, o_rows: np.ndarr
 def measure_mfa(host, uses: list, options: MFAOptions, plot: Path | None = None) -> MetricResult:
     """Multifractal spectrum of the weights' neuron interaction network (NeuroMFA): alpha_0, width, emergence."""
     shape = Shape.of(host.ref)
-    models = {"host": HostWeights(host, _assembly_gains(host, uses))}
+    models = {"host": HostWeights(host, _assembly_gains(host, uses), options.fold_norms)}
     if options.baseline:
         std = float(getattr(host.model.config, "initializer_range", 0.02))
         models["random_init"] = InitWeights(std, np.random.default_rng(options.seed + 1))
@@ -308,7 +318,8 @@ def mfa_report(host, uses: list, options: MFAOptions, spectra: dict[str, list[Sp
     report: dict[str, Any] = {"metric": "mfa", "host_name": host.ref.name, "fingerprint": host.ref.fingerprint,
                               "samplings": options.samplings, "nodes_per_layer": options.nodes_per_layer,
                               "nodes": (4 * host.n_layers + 1) * options.nodes_per_layer,
-                              "centers": options.centers, "q": [float(x) for x in options.qs()], "note": NOTE}
+                              "centers": options.centers, "fold_norms": options.fold_norms,
+                              "q": [float(x) for x in options.qs()], "note": NOTE}
     if uses:
         report["bricks"] = [{"brick": u.brick.name, "gain": u.gain} for u in uses]
     draws = {name: rng.integers(0, len(s), size=(options.bootstrap, len(s))) for name, s in spectra.items()}

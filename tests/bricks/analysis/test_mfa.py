@@ -53,6 +53,8 @@ def test_neuron_gains_change_the_weights_it_reads(tiny_host):
     brick = labelled_brick(tiny_host, gain=1.0)
     assembly = run_metric("mfa", tiny_host, [BrickUse(brick, gain=50.0)], baseline=False, **FAST).report
     assert assembly["host"]["per_sampling"] != plain["host"]["per_sampling"] and "emergence" not in plain
+    raw = run_metric("mfa", tiny_host, baseline=False, fold_norms=False, **FAST).report
+    assert raw["host"]["per_sampling"] == plain["host"]["per_sampling"]  # a fresh host's norm scales are 1
 
 
 def test_bad_options_are_one_error(tiny_host):
