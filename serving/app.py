@@ -34,6 +34,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from bricks.errors import BrickError, InvalidInputError
+from router.assembly import BuiltAssembly
 from router.policy import REQUEST_BRICK_FIELDS
 from serving.engine import GenRequest
 from serving.service import BrickService
@@ -75,10 +76,29 @@ def _check_request_bricks(items: list[Any]) -> list[Any]:
     return items
 
 
+RequestBricks = Annotated[list[Name | dict[str, Any]], Field(max_length=MAX_REQUEST_BRICKS),
+                          AfterValidator(_check_request_bricks)] | None
+
+
+class TextPart(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["text"]
+    text: Text
+
+
+def content_text(content: str | list | None) -> str:
+    """A message's text: a string as it is, OpenAI content parts' texts joined by newlines (as vLLM joins
+    them for a string chat template)."""
+    if isinstance(content, list):
+        return "\n".join(p["text"] if isinstance(p, dict) else p.text for p in content
+                         if (p.get("type") if isinstance(p, dict) else p.type) == "text")
+    return content or ""
+
+
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="allow")
     role: Literal["system", "user", "assistant", "tool", "developer"]
-    content: Text
+    content: Annotated[Text | list[TextPart], AfterValidator(content_text)]  # parts are flattened to one text
 
 
 class _Common(BaseModel):
@@ -92,8 +112,7 @@ class _Common(BaseModel):
     stream: bool = False
     stop: Name | Annotated[list[Name], Field(max_length=MAX_STOPS)] | None = None
     n: int = Field(1, ge=1, le=1)
-    bricks: Annotated[list[Name | dict[str, Any]], Field(max_length=MAX_REQUEST_BRICKS),
-                      AfterValidator(_check_request_bricks)] | None = None
+    bricks: RequestBricks = None
 
     def stops(self) -> list[str]:
         return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
@@ -201,18 +220,37 @@ def create_app(service: BrickService) -> FastAPI:
     async def metrics():
         return PlainTextResponse(generate_latest(prom.registry).decode(), media_type="text/plain; version=0.0.4")
 
+    if service.engine.name == "vllm":
+        from serving.openai_api import add_generation_routes  # imports vLLM: only when it serves
+
+        add_generation_routes(app, service, prom)
+    else:
+        _add_reference_routes(app, service, prom)
+    return app
+
+
+def plan_request(service: BrickService, prom: _Prom, text: str, bricks: list | None, model: str | None
+                 ) -> tuple[BuiltAssembly, dict, dict]:
+    """Route a request to its assembly (built or cached), with the timings in /metrics; returns the assembly,
+    the brick report (the `brickwork` key of a response) and the response headers."""
+    misses = service.cache.stats.misses
+    decision, built = service.plan(text, bricks, model)
+    prom.route.observe(decision.route_ms / 1e3)
+    if service.cache.stats.misses > misses:
+        prom.build.observe(built.build_ms / 1e3)
+    info = {"assembly": built.id if built.refs else None, "bricks": built.refs, "routing": decision.explain()}
+    return built, info, {"X-Brick-Assembly": built.id if built.refs else "none"}
+
+
+def _add_reference_routes(app: FastAPI, service: BrickService, prom: _Prom) -> None:
+    """Chat and completions written here, over any Engine (the transformers reference engine: the oracle)."""
+
     async def run(req: _Common, ids: list[int], prompt_text: str, kind: str):
         max_tokens = _max_tokens(req, service)
         service.check_limits(len(ids), max_tokens)
-        misses = service.cache.stats.misses
-        decision, built = service.plan(prompt_text, req.bricks, req.model)
-        prom.route.observe(decision.route_ms / 1e3)
-        if service.cache.stats.misses > misses:
-            prom.build.observe(built.build_ms / 1e3)
+        built, info, headers = plan_request(service, prom, prompt_text, req.bricks, req.model)
         gen = GenRequest(ids, max_tokens, req.temperature, req.top_p, req.seed, logprobs=req.wants_logprobs(),
                          stop=req.stops())
-        info = {"assembly": built.id if built.refs else None, "bricks": built.refs, "routing": decision.explain()}
-        headers = {"X-Brick-Assembly": built.id if built.refs else "none"}
         rid = f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{uuid.uuid4().hex[:24]}"
         model = req.model or service.manifest.name
         if req.stream:
@@ -245,8 +283,6 @@ def create_app(service: BrickService) -> FastAPI:
     async def completions(req: CompletionRequest):
         _check_sizes(req, service)
         return await run(req, service.tokenize(req.prompt), req.prompt, "completion")
-
-    return app
 
 
 def _max_tokens(req: _Common, service: BrickService) -> int:

@@ -188,6 +188,7 @@ class VllmSettings:
     max_num_seqs: int = 64
     seed: int = 0
     lora_targets: list[str] | None = None  # module suffixes vLLM wraps (None: all); fewer = cheaper on CPU
+    max_logprobs: int = 20  # top_logprobs a request may ask for (OpenAI's maximum; vLLM's default)
 
 
 def pin_model_runner() -> str:
@@ -239,7 +240,7 @@ class VllmEngine(Engine):
             max_num_seqs=s.max_num_seqs, hf_overrides=overrides,
             logits_processors=[ROW_TRACKER] if self.runner == "v1" else None,  # V2: BrickModelState instead
             enable_lora=s.enable_lora, max_loras=s.max_loras, max_lora_rank=s.max_lora_rank,
-            lora_target_modules=s.lora_targets if s.enable_lora else None, max_logprobs=1)
+            lora_target_modules=s.lora_targets if s.enable_lora else None, max_logprobs=s.max_logprobs)
         self.llm = AsyncLLM.from_engine_args(args)
 
     def execution(self) -> dict:
@@ -257,16 +258,16 @@ class VllmEngine(Engine):
     def _params(self, req: GenRequest, built: BuiltAssembly):
         from vllm import SamplingParams
 
-        extra = None
-        if built.row_path is not None:
-            extra = {EXTRA_ASSEMBLY: built.id, EXTRA_ROW: str(built.row_path)}
-            if built.generated_row_path is not None:
-                extra[EXTRA_ROW_GENERATED] = str(built.generated_row_path)
         return SamplingParams(max_tokens=req.max_tokens, temperature=req.temperature, top_p=req.top_p,
                               seed=req.seed, logprobs=0 if req.logprobs else None, stop=req.stop or None,
-                              ignore_eos=req.ignore_eos, extra_args=extra)
+                              ignore_eos=req.ignore_eos, extra_args=assembly_extra_args(built))
 
     def _lora(self, built: BuiltAssembly):
+        return self.lora_request(built)
+
+    def lora_request(self, built: BuiltAssembly):
+        """The LoRARequest that serves `built`'s LoRA part (None if it has none); refuses what this engine
+        cannot serve before vLLM sees it."""
         if built.adapter_path is None:
             return None
         if not self.s.enable_lora:
@@ -301,6 +302,16 @@ class VllmEngine(Engine):
             yield GenDelta(o.text[sent_text:], ids[sent_ids:], lps[sent_ids:],
                            o.finish_reason if out.finished else None)
             sent_text, sent_ids = len(o.text), len(ids)
+
+
+def assembly_extra_args(built: BuiltAssembly) -> dict[str, str] | None:
+    """SamplingParams.extra_args naming `built`'s gain-table rows (None: the identity row)."""
+    if built.row_path is None:
+        return None
+    extra = {EXTRA_ASSEMBLY: built.id, EXTRA_ROW: str(built.row_path)}
+    if built.generated_row_path is not None:
+        extra[EXTRA_ROW_GENERATED] = str(built.generated_row_path)
+    return extra
 
 
 def cache_salt(built: BuiltAssembly, prompt_ids: list[int]) -> str:

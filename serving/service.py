@@ -161,7 +161,7 @@ class BrickService:
         return decision, self.cache.get(decision.choices)
 
     def tokenize_chat(self, messages: list[dict]) -> list[int]:
-        self._check_prompt_chars(sum(len(m.get("content") or "") for m in messages))
+        self.check_prompt_chars(sum(len(m.get("content") or "") for m in messages))
         tok = self.host.tokenizer
         try:
             return list(tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
@@ -171,7 +171,7 @@ class BrickService:
                                     "send [{'role': 'user', 'content': '...'}, ...]") from None
 
     def tokenize(self, text: str) -> list[int]:
-        self._check_prompt_chars(len(text))
+        self.check_prompt_chars(len(text))
         return list(self.host.tokenizer(text).input_ids)
 
     @functools.cached_property
@@ -182,7 +182,7 @@ class BrickService:
         tok = self.host.tokenizer
         return max((len(t) for t in tok.convert_ids_to_tokens(list(range(len(tok)))) if t), default=1)
 
-    def _check_prompt_chars(self, n_chars: int) -> None:
+    def check_prompt_chars(self, n_chars: int) -> None:
         """Refuse, before tokenizing, a text too long to fit max_prompt_tokens whatever it holds: tokenizing
         costs CPU in proportion to the text (a 20 MB prompt took ~15 s), and the answer is known up front."""
         limit = self.manifest.server.max_prompt_tokens
