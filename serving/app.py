@@ -1,9 +1,11 @@
 """The OpenAI-compatible HTTP app over a BrickService.
 
 Endpoints: POST /v1/chat/completions, POST /v1/completions (both with SSE streaming), GET /v1/models,
-GET /v1/bricks, GET /health, GET /metrics (Prometheus). Extension: a request may carry
-`"bricks": ["lang-fr@1", {"ref": "rare", "gain": 1.5}]`; every response says which bricks ran
-(`brickwork` field and the `X-Brick-Assembly` header). Errors are JSON `{"error": {...}}` with the
+GET /v1/bricks, GET /health, GET /metrics (Prometheus). With engine.kind: vllm, chat and completions are vLLM's
+own OpenAI serving layer around brickwork's routing (serving/openai_api.py); with the reference engine they are
+written here, for the same bodies (content parts are flattened; n is 1, logprobs the chosen tokens').
+Extension: a request may carry `"bricks": ["lang-fr@1", {"ref": "rare", "gain": 1.5}]`; every response says
+which bricks ran (`brickwork` field and the `X-Brick-Assembly` header). Errors are JSON `{"error": {...}}` with the
 status of the BrickError (404 unknown brick, 409 other host, 422 bad request), 401 for a missing or wrong key
 and 413 for a body above server.max_body_bytes.
 
