@@ -3,7 +3,7 @@ the same request sent alone, with latency percentiles and throughput.
 
     python bench/bench_load.py [--requests 200] [--assemblies 150] [--max-tokens 8] [--out bench-load.json]
 
-Starts a vLLM server (SmolLM2, LoRA on with 3 slots, 8 growth slots, the gain table) over a registry of
+Starts a vLLM server (SmolLM2, LoRA on with 3 slots of rank 16, 8 growth slots, the gain table) over a registry of
 hand-made bricks (the equivalence test's: ablation, amplification, steering, staged steering, overlapping
 bricks, a LoRA brick, resident and LoRA-served growth), then sends `--requests` chat requests at once, half
 of them streaming, over `--assemblies` distinct assemblies (gains and strengths varied per request, so there
@@ -31,10 +31,10 @@ PROMPTS = ["What is the capital of France?", "Name three colours of the rainbow.
 LOGPROB_ATOL = 2e-3
 
 
-def assembly(k: int, growth_late: bool = True) -> list:
-    """The k-th assembly of the mix: none, or neuron / steering / staged / LoRA / growth bricks with a
-    strength that depends on k, so every k is its own assembly (its own row, and its own LoRA id when it
-    has a LoRA part)."""
+def assembly(k: int, lora: bool = True) -> list:
+    """The k-th assembly of the mix: none, or neuron / steering / staged / growth bricks (and, with `lora`,
+    LoRA-served ones) with a strength that depends on k, so every k is its own assembly (its own row, and
+    its own LoRA id when it has a LoRA part)."""
     x = (k // 8) * 0.01
     kinds = [
         [],
@@ -42,22 +42,23 @@ def assembly(k: int, growth_late: bool = True) -> list:
         [{"ref": "steer", "offset_scale": round(0.5 + x, 4)}],
         [{"ref": "staged", "generated_offset_scale": round(0.3 + x, 4)}],
         [{"ref": "ov1", "gain": round(0.3 + x, 4)}, "ov2"],
-        ["lora", {"ref": "amp", "gain": round(1.5 + x, 4)}],
+        ["lora", {"ref": "amp", "gain": round(1.5 + x, 4)}] if lora else [{"ref": "amp", "gain": round(1.5 + x, 4)}],
         ["grow", {"ref": "abl", "gain": round(0.2 + x, 4)}],
-        ["grow-late" if growth_late else "lora", {"ref": "steer", "offset_scale": round(1.0 + x, 4)}],
+        ["grow-late", {"ref": "steer", "offset_scale": round(1.0 + x, 4)}] if lora
+        else ["grow", {"ref": "staged", "offset_scale": round(0.5 + x, 4)}],
     ]
     return kinds[k % len(kinds)]
 
 
-def request_mix(n: int, n_assemblies: int, max_tokens: int = 8, growth_late: bool = True) -> list[dict]:
+def request_mix(n: int, n_assemblies: int, max_tokens: int = 8, lora: bool = True) -> list[dict]:
     """n chat request bodies: greedy, with logprobs, over n_assemblies assemblies and the PROMPTS; every
-    other one streaming."""
+    other one streaming. Without `lora`, no assembly has a LoRA part (see tests/serving/test_load.py)."""
     out = []
     for i in range(n):
         k = i % n_assemblies
         out.append({"messages": [{"role": "user", "content": PROMPTS[(i * 7 + k) % len(PROMPTS)]}],
                     "max_tokens": max_tokens, "temperature": 0, "logprobs": True, "stream": i % 2 == 1,
-                    "bricks": assembly(k, growth_late)})
+                    "bricks": assembly(k, lora)})
     return out
 
 
@@ -168,7 +169,7 @@ async def serve_and_load(args) -> dict:
     (root / "m.yaml").write_text(
         "name: load\nhost:\n  spec: smollm2-135m-instruct\n  growth_slots: 8\nbricks:\n"
         + "".join(f"  - ref: {n}@^1\n" for n in bricks) + "routing:\n  policy: explicit\n"
-        "engine:\n  kind: vllm\n  growth_path: gain_table\n  max_loras: 3\n  max_lora_rank: 128\n"
+        "engine:\n  kind: vllm\n  growth_path: gain_table\n  max_loras: 3\n  max_lora_rank: 16\n"
         f"  max_model_len: 1024\n  max_assemblies: {args.rows}\n"
         "server:\n  max_tokens: 64\n  max_prompt_tokens: 512\n")
     svc = open_service(root / "m.yaml", reg)
