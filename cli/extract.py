@@ -74,15 +74,20 @@ def _method_command(spec) -> click.Command:
                                    help=f"Same as --opt held_out=F (default {fields['held_out'].default})."))
     if "force" in fields:
         params.append(click.Option(["--force"], is_flag=True, help="Same as --opt force=true."))
+    if "budget" in fields:
+        params.append(click.Option(["--budget"], type=float, default=None,
+                                   help=f"Same as --opt budget=F (default {fields['budget'].default})."))
 
     @click.pass_context
     def run(ctx: click.Context, opts: tuple[str, ...], held_out: float | None = None, force: bool = False,
-            **kw: Any) -> None:
+            budget: float | None = None, **kw: Any) -> None:
         from bricks.extract.options import option_pairs
 
         options = option_pairs(opts)
         if held_out is not None:
             options["held_out"] = held_out
+        if budget is not None:
+            options["budget"] = budget
         if force:
             options["force"] = True
         _extract(ctx, spec, spec.parse(options), **kw)

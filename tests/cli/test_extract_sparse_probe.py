@@ -22,7 +22,7 @@ def _labelled(path, n: int = 30):
 def test_labelled_file_through_data_publishes_a_brick(run, tiny_host_dir, tmp_path, registry_dir):
     data = _labelled(tmp_path / "labelled.jsonl")
     out = run("extract", "sparse-probe", "--host", str(tiny_host_dir), "--data", str(data), "--name", "fr-clause",
-              "--opt", "budget=0.02", "--opt", "n_random=1", "--opt", "progress=false", "--force",
+              "--budget", "0.02", "--opt", "n_random=1", "--opt", "progress=false", "--force",
               "--out", str(tmp_path / "plots"), "--json")
     rep = json.loads(out)
     assert len(rep["published"]) == 1 and rep["published"][0].startswith("fr-clause@")
