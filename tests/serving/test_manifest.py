@@ -57,7 +57,8 @@ def test_examples_show_what_they_are_for():
     assert {"lang-fr@^1", "lang-de@^1", "code@^1", "math@^1"} <= {b.ref for b in languages.bricks}
     reference = parse_manifest((ROOT / "manifests/smollm2-reference.yaml").read_text())
     assert reference.engine.kind == "transformers" and reference.routing.policy == "static"
-    assert any(b.offset_scale != 1.0 for b in reference.bricks) and any(b.gain is not None for b in reference.bricks)
+    assert any(b.generated_offset_scale is not None for b in reference.bricks)  # steer-fr: both strengths
+    assert any(b.gain is not None for b in reference.bricks)
     plain = parse_manifest((ROOT / "manifests/smollm2-plain.yaml").read_text())
     assert plain.bricks == [] and plain.engine.kind == "vllm"
 
