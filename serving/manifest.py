@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, Protocol
 
 from pydantic import AfterValidator, Field, FiniteFloat, PrivateAttr, model_validator
 
-from bricks.constants import BUILTIN_HOSTS, DEFAULT_HOST, ENGINE_KINDS, LORA_RANKS
+from bricks.constants import BUILTIN_HOSTS, DEFAULT_HOST, ENGINE_KINDS, LORA_RANKS, PHASES
 from bricks.errors import BrickError, InvalidInputError, NotFoundError
 from bricks.refs import NAME_RE, REF_FORMS, parse_ref, ref_name
 from bricks.yamlconfig import (
@@ -117,7 +117,7 @@ class BrickEntry(Section):
     ref: BrickRef = Field(description=f"registry ref: {REF_FORMS}")
     gain: FiniteFloat | None = Field(None, description="gain on the brick's neurons; default: the brick's own")
     offset_scale: FiniteFloat = Field(1.0, description="k, scales the brick's stored offset (steering strength)")
-    phase: Literal["all", "prompt", "generated"] = Field(
+    phase: Literal[PHASES] = Field(
         "all", description="neuron bricks: act on every token, only on the prompt's tokens, or only on the "
         "tokens the request generates (staged steering)")
     generated_offset_scale: FiniteFloat | None = Field(

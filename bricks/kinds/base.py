@@ -29,9 +29,9 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class BrickUse:
     """A brick as an assembly uses it: an optional gain override, a scale on its stored offset, and the
-    phase of the request it acts in (neuron bricks only): `all` tokens, only the `prompt` tokens (read
-    before generation) or only the `generated` ones. `generated_offset_scale` is the scale at generated
-    tokens when it differs from `offset_scale` (a staged steering brick's two strengths)."""
+    phase of the request it acts in (neuron bricks only; bricks.constants.PHASES): `all` tokens, only the
+    `prompt` tokens (read before generation) or only the `generated` ones. `generated_offset_scale` is the
+    scale at generated tokens when it differs from `offset_scale` (a staged steering brick's two strengths)."""
 
     brick: Brick
     gain: float | None = None
@@ -48,8 +48,6 @@ class BrickUse:
     def acts_in(self, phase: str) -> bool:
         return self.phase in ("all", phase)
 
-
-PHASES = ("all", "prompt", "generated")  # where in a request a brick acts
 
 
 @dataclass

@@ -93,10 +93,18 @@ class NeuronMap:
 
 def compose_neurons(uses: list[BrickUse], n_layers: int, d_ff: int) -> NeuronMap:
     """The assembly's map at prompt tokens and at generated tokens; one map when the two are equal."""
-    prompt, generated = (_compose_phase(uses, n_layers, d_ff, phase) for phase in ("prompt", "generated"))
-    if not prompt.same_as(generated):
-        prompt.generated = generated
+    prompt = _compose_phase(uses, n_layers, d_ff, "prompt")
+    if any(_staged_use(u) for u in uses):
+        generated = _compose_phase(uses, n_layers, d_ff, "generated")
+        if not prompt.same_as(generated):
+            prompt.generated = generated
     return prompt
+
+
+def _staged_use(u: BrickUse) -> bool:
+    """Whether this use can act differently on generated tokens than on prompt tokens."""
+    staged_brick = any(s.staged for s in u.brick.neurons.values())
+    return u.phase != "all" or u.generated_offset_scale is not None or staged_brick
 
 
 def _compose_phase(uses: list[BrickUse], n_layers: int, d_ff: int, phase: str) -> NeuronMap:
@@ -252,7 +260,7 @@ class NeuronKind(LayerKind):
         recorded = meta.params.get("has_offset")
         if recorded is not None:
             return bool(recorded)
-        return any(s.offset is not None or getattr(s, "generated_offset", None) is not None  # older metadata
+        return any(s.offset is not None or s.generated_offset is not None  # older metadata does not say
                    for s in load().parts.values())
 
     def compose(self, uses: list[BrickUse], host: HostRef) -> NeuronMap:
@@ -265,7 +273,7 @@ class NeuronKind(LayerKind):
             for layer, s in u.brick.neurons.items():
                 if s.offset is None and s.generated_offset is None:
                     continue
-                if u.offset_scale == 0 and (u.generated_offset_scale or 0) == 0:
+                if u.scale_in("prompt") == 0 and u.scale_in("generated") == 0:
                     continue
                 idx = set(s.indices.tolist())
                 if seen.get(layer, set()) & idx:

@@ -10,7 +10,7 @@ from bricks.errors import InvalidInputError
 from bricks.format import Brick
 from bricks.kinds.neurons import neuron_map_applied
 
-POSITIONS = ("all", "generated", "prompt")  # the phases of bricks.kinds.base.PHASES
+POSITIONS = ("all", "generated", "prompt")  # bricks.constants.PHASES, in sweep order
 
 
 @contextmanager

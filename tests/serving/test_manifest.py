@@ -417,7 +417,7 @@ class FakeRegistry:
 
     def get(self, ref: str):
         _, _, _, slots, offsets = self.bricks[ref.partition("@")[0]]
-        neurons = {0: SimpleNamespace(offset=object() if offsets else None)}
+        neurons = {0: SimpleNamespace(offset=object() if offsets else None, generated_offset=None)}
         per_layer = slots if isinstance(slots, dict) else ({3: slots} if slots else {})
         return SimpleNamespace(growth_slots=lambda: max(per_layer.values(), default=0), parts=neurons,
                                per_layer=lambda: per_layer)
