@@ -66,7 +66,7 @@ def steer_cmd(ctx: click.Context, ref: str, target: str, dominant: str, name: st
         choice = choose_setting(host, brick, target, corpus.by_label(dominant), candidates, dominant,
                                 max_new_tokens=max_new_tokens, vocab=vocab, progress=not as_json)
         setting = choice.setting
-        metrics = {"steering": {"chosen": choice.table[1 + first.index(setting)]["setting"], "why": choice.reason,
+        metrics = {"steering": {"chosen": choice.label, "why": choice.reason,
                                 "measured": [{k: v for k, v in row.items() if k != "sample"} for row in choice.table]}}
     else:
         setting = first[0]

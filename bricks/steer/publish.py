@@ -31,23 +31,12 @@ def steering_brick(brick: Brick, target: str, setting: Setting = DEFAULT_SETTING
                    name: str | None = None) -> Brick:
     """The steering brick of `setting`: staged when its prompt and generated variants differ, one variant
     at every token when they are the same, generated-only when it has no prompt variant."""
-    if setting.prompt is None or setting.generated is None:  # one phase steered, the other left alone
-        out = steering_variant(brick, target, *(setting.prompt or setting.generated), dominant=dominant)
-        for s in out.neurons.values():
-            identity = (s.gain.new_ones(s.gain.shape), None)
-            mapped = (s.gain, s.offset)
-            (s.gain, s.offset), (s.generated_gain, s.generated_offset) = (
-                (mapped, identity) if setting.prompt is not None else (identity, mapped))
-        out.meta.params["staged"] = True
-        out.meta.params["steering"] = {**out.meta.params["steering"], "prompt": _part(setting.prompt),
-                                       "generated": _part(setting.generated)}
-        out.validate()
-    elif setting.prompt == setting.generated:
+    if setting.prompt == setting.generated:
         out = steering_variant(brick, target, *setting.prompt, dominant=dominant)
     else:
         out = staged_variant(brick, target, setting.prompt, setting.generated, dominant)
     out.meta.name = name or f"{brick.name}-steer-{target}"[:64]
-    out.meta.description = (f"steers toward {target} ({_describe(setting)}), from {brick.name}'s neurons; "
+    out.meta.description = (f"steers toward {target} ({describe(setting)}), from {brick.name}'s neurons; "
                             "offset_scale sets the prompt strength, generated_offset_scale the generation strength")
     out.meta.metrics.pop("held_out", None)  # those figures measure ablating the parent, not this brick
     return out
@@ -59,6 +48,10 @@ class Choice:
     results: list[SteerResult]  # the unsteered host first, then every candidate, in order
     reason: str
     table: list[dict] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        return describe(self.setting)
 
 
 def choose_setting(host, brick: Brick, target: str, dominant_corpus: Corpus, candidates: str = DEFAULT_CANDIDATES,
@@ -85,14 +78,10 @@ def choose_setting(host, brick: Brick, target: str, dominant_corpus: Corpus, can
         reason = f"no setting stays within x{PPL_BUDGET} {dominant} perplexity: the cheapest one"
     if best_r.target_share < TARGET_SHARE:
         reason += f"; it reaches {best_r.target_share:.0%} {target} words, under the {TARGET_SHARE:.0%} aimed at"
-    table = [{"setting": "plain host" if s is None else _describe(s), **r.to_dict()}
+    table = [{"setting": "plain host" if s is None else describe(s), **r.to_dict()}
              for s, r in zip([None, *settings], results)]
     return Choice(best_s, results, reason, table)
 
 
-def _part(part: tuple[str, float] | None) -> dict | None:
-    return None if part is None else {"form": part[0], "k": part[1]}
-
-
-def _describe(setting: Setting) -> str:
+def describe(setting: Setting) -> str:
     return f"prompt {Setting.describe(setting.prompt)} / generated {Setting.describe(setting.generated)}"

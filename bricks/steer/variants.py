@@ -63,17 +63,29 @@ def layer_sets(brick: Brick) -> dict[str, list[int] | None]:
     return out
 
 
-def staged_variant(brick: Brick, target: str, prompt: tuple[str, float], generated: tuple[str, float],
-                   dominant: str = "en", layers: list[int] | None = None) -> Brick:
+def staged_variant(brick: Brick, target: str, prompt: tuple[str, float] | None,
+                   generated: tuple[str, float] | None, dominant: str = "en", layers: list[int] | None = None) -> Brick:
     """One staged steering brick: the (form, k) variant `prompt` on prompt tokens and `generated` on the
-    tokens the request generates (`NeuronSet.generated_gain` / `generated_offset`)."""
-    p = steering_variant(brick, target, prompt[0], prompt[1], dominant, layers)
-    g = steering_variant(brick, target, generated[0], generated[1], dominant, layers)
-    for layer, s in p.neurons.items():
-        s.generated_gain, s.generated_offset = g.neurons[layer].gain, g.neurons[layer].offset
-    p.meta.params["steering"] = {"target": target, "dominant": dominant, "layers": sorted(p.neurons),
-                                 "prompt": {"form": prompt[0], "k": prompt[1]},
-                                 "generated": {"form": generated[0], "k": generated[1]}}
-    p.meta.params["staged"] = True  # what a manifest check reads without loading the tensors
-    p.validate()
-    return p
+    tokens the request generates (`NeuronSet.generated_gain` / `generated_offset`); None leaves that phase
+    unsteered (gain 1, no offset)."""
+    if prompt is None and generated is None:
+        raise InvalidInputError("a staged steering brick needs a variant in at least one phase",
+                                "give a prompt variant, a generated one, or both")
+    p, g = (None if part is None else steering_variant(brick, target, part[0], part[1], dominant, layers)
+            for part in (prompt, generated))
+    out = p or g
+    for layer, s in out.neurons.items():
+        gen = g.neurons[layer] if g is not None else None
+        s.generated_gain = gen.gain if gen is not None else torch.ones_like(s.gain)
+        s.generated_offset = gen.offset if gen is not None else None
+        if p is None:  # identity while the prompt is read
+            s.gain, s.offset = torch.ones_like(s.gain), None
+    out.meta.params["steering"] = {"target": target, "dominant": dominant, "layers": sorted(out.neurons),
+                                   "prompt": _part(prompt), "generated": _part(generated)}
+    out.meta.params["staged"] = True  # what a manifest check reads without loading the tensors
+    out.validate()
+    return out
+
+
+def _part(part: tuple[str, float] | None) -> dict | None:
+    return None if part is None else {"form": part[0], "k": part[1]}
