@@ -189,6 +189,8 @@ class VllmSettings:
     seed: int = 0
     lora_targets: list[str] | None = None  # module suffixes vLLM wraps (None: all); fewer = cheaper on CPU
     max_logprobs: int = 20  # top_logprobs a request may ask for (OpenAI's maximum; vLLM's default)
+    tensor_parallel_size: int = 1
+    pipeline_parallel_size: int = 1
 
 
 def pin_model_runner() -> str:
@@ -238,6 +240,7 @@ class VllmEngine(Engine):
             max_model_len=s.max_model_len, gpu_memory_utilization=s.gpu_memory_utilization,
             enforce_eager=s.enforce_eager, enable_prefix_caching=s.enable_prefix_caching, seed=s.seed,
             max_num_seqs=s.max_num_seqs, hf_overrides=overrides,
+            tensor_parallel_size=s.tensor_parallel_size, pipeline_parallel_size=s.pipeline_parallel_size,
             logits_processors=[ROW_TRACKER] if self.runner == "v1" else None,  # V2: BrickModelState instead
             enable_lora=s.enable_lora, max_loras=s.max_loras, max_lora_rank=s.max_lora_rank,
             lora_target_modules=s.lora_targets if s.enable_lora else None, max_logprobs=s.max_logprobs)

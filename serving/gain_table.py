@@ -9,6 +9,10 @@ check (bench/gpu_check.py) and the tests share it.
   default gain is 0: a request whose assembly does not route a resident brick gets an exactly zero
   contribution from it. Rows are filled from assembly row files on first use and recycled LRU, never
   while a running request uses them (reference counts).
+- Tensor parallelism: gate_up_proj is column-parallel and down_proj row-parallel, so tensor-parallel rank
+  r of tp holds FFN neurons [r*d_ff/tp, (r+1)*d_ff/tp) and the op sees only those. Each rank's table is
+  that slice of every row (`columns`), filled from the same full-width row files; every rank receives the
+  same scheduler output, so row assignment (and every token's row) is the same on every rank.
 - Phases: a staged assembly (another neuron map at generated tokens, bricks/kinds/neurons.py) holds two
   rows, and each token reads the row of its phase: position < prompt length -> the prompt row.
 - Token rows: capture-safe the way vLLM's own LoRA is (read from vLLM 0.32: PunicaWrapperBase in
@@ -38,11 +42,22 @@ class RowsExhausted(RuntimeError):
 
 class GainTable:
     def __init__(self, max_rows: int, n_layers: int, width: int, device, dtype=torch.float32,
-                 gated: tuple[int, int] | None = None, max_tokens: int = DEFAULT_MAX_TOKENS):
-        self.gain = torch.ones(max_rows, n_layers, width, device=device, dtype=dtype)
-        self.offset = torch.zeros(max_rows, n_layers, width, device=device, dtype=dtype)
-        self.width = width
-        self.gated = tuple(gated) if gated else None  # FFN columns [first, end) whose default gain is 0
+                 gated: tuple[int, int] | None = None, max_tokens: int = DEFAULT_MAX_TOKENS,
+                 columns: tuple[int, int] | None = None):
+        """`width` is the served FFN width (d_ff plus reserved slots); `columns` = [first, end) of it that
+        this table holds (a tensor-parallel rank's shard, `shard_columns`); default: all of it. `gated` is
+        in full-width coordinates."""
+        self.columns = tuple(columns) if columns else (0, width)
+        lo, hi = self.columns
+        if not 0 <= lo < hi <= width:
+            raise ValueError(f"columns {self.columns} are not a slice of the FFN width {width}")
+        self.full_width, self.width = width, hi - lo
+        self.gain = torch.ones(max_rows, n_layers, self.width, device=device, dtype=dtype)
+        self.offset = torch.zeros(max_rows, n_layers, self.width, device=device, dtype=dtype)
+        self.gated = None  # this shard's columns [first, end) whose default gain is 0 (local coordinates)
+        if gated:
+            first, end = max(gated[0], lo) - lo, min(gated[1], hi) - lo
+            self.gated = (first, end) if first < end else None
         if self.gated:
             self.gain[:, :, slice(*self.gated)] = 0.0
         self._rows: OrderedDict[str, int] = OrderedDict()  # assembly id -> row, LRU order
@@ -95,16 +110,18 @@ class GainTable:
         self.loads += 1
 
     def write_row(self, row: int, gain: torch.Tensor, offset: torch.Tensor) -> None:
-        """Set one row in place from [n_layers, w] gains and offsets (w <= width; the rest is the default).
-        In place, so a captured CUDA graph reads the new values; the caller guarantees no running request
-        uses the row (acquire recycles only rows with no references)."""
-        w = gain.shape[1]
+        """Set one row in place from full-width [n_layers, w] gains and offsets (w <= full width: the rest
+        is the default); this table takes its `columns` of them. In place, so a captured CUDA graph reads
+        the new values; the caller guarantees no running request uses the row (acquire recycles only rows
+        with no references)."""
+        lo, hi = self.columns
+        w = max(0, min(gain.shape[1], hi) - lo)
         self.gain[row].fill_(1.0)
         if self.gated:
             self.gain[row, :, slice(*self.gated)] = 0.0
         self.offset[row].zero_()
-        self.gain[row, :, :w].copy_(gain)
-        self.offset[row, :, :w].copy_(offset)
+        self.gain[row, :, :w].copy_(gain[:, lo : lo + w])
+        self.offset[row, :, :w].copy_(offset[:, lo : lo + w])
 
     def acquire_phases(self, aid: str | None, path: str | None, generated_path: str | None) -> tuple[int, int]:
         """The rows of a request: (prompt-token row, generated-token row); the same row unless the assembly
@@ -166,6 +183,18 @@ class GainTable:
         plen = np.asarray(prompt_lens, dtype=np.int64)[:num_reqs]
         pos = computed[req] + np.arange(len(req)) - qsl[req]
         return np.where(pos >= plen[req], gen[req], per_token)
+
+
+def shard_columns(width: int, rank: int, world_size: int) -> tuple[int, int]:
+    """The FFN neurons [first, end) that tensor-parallel rank `rank` of `world_size` holds: vLLM's
+    MergedColumnParallelLinear gives each rank an equal contiguous slice of gate_proj's and up_proj's
+    outputs, so the activation the op sees on that rank is that slice of the neurons."""
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is not a rank of a tensor-parallel group of {world_size}")
+    if width % world_size:
+        raise ValueError(f"the FFN width {width} does not split evenly over {world_size} tensor-parallel ranks")
+    size = width // world_size
+    return rank * size, (rank + 1) * size
 
 
 GENERATED_SUFFIX = "@generated"  # the table id of a staged assembly's generated-token row

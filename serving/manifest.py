@@ -165,6 +165,9 @@ class EngineConfig(Section):
     max_model_len: int = Field(2048, ge=16, description="prompt plus generated tokens, per request")
     enforce_eager: bool = Field(False, description="turn off CUDA graphs / torch.compile")
     enable_prefix_caching: bool = Field(True, description="vLLM prefix cache, kept apart per assembly")
+    tensor_parallel_size: int = Field(1, ge=1, le=64, description="vLLM tensor-parallel ranks; each holds its "
+                                      "slice of every gain-table row (d_ff + growth_slots must split evenly)")
+    pipeline_parallel_size: int = Field(1, ge=1, le=64, description="vLLM pipeline-parallel stages")
 
 
 class ServerConfig(Section):

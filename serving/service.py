@@ -62,6 +62,8 @@ class BrickService:
                                    reserved=m.host.growth_slots, neuron_path=m.engine.neuron_path, w_down=w_down,
                                    resident=self.resident, max_memory=m.engine.max_assemblies)
         self.router = self._make_router()
+        if self.engine_kind != "transformers":
+            self._check_parallel()
         self.engine = self.reference if self.engine_kind == "transformers" else VllmEngine(self.host, self._settings())
         await self.engine.start()
         if self.engine is not self.reference and self.run_self_test:
@@ -104,7 +106,25 @@ class BrickService:
                             enable_prefix_caching=e.enable_prefix_caching, max_rows=e.max_assemblies,
                             enable_lora=bool(targets) or e.neuron_path == "lora",
                             max_loras=e.max_loras, max_lora_rank=e.max_lora_rank,
-                            reserved=self.manifest.host.growth_slots, resident=self.resident)
+                            reserved=self.manifest.host.growth_slots, resident=self.resident,
+                            tensor_parallel_size=e.tensor_parallel_size,
+                            pipeline_parallel_size=e.pipeline_parallel_size)
+
+    def _check_parallel(self) -> None:
+        """Tensor parallelism splits the FFN neurons (and the attention heads) evenly over the ranks; say so
+        before vLLM starts rather than after its workers fail."""
+        tp = self.manifest.engine.tensor_parallel_size
+        width = self.host.d_ff + self.manifest.host.growth_slots
+        if tp > 1 and width % tp:
+            raise InvalidInputError(f"engine.tensor_parallel_size {tp} does not divide the served FFN width {width} "
+                                    f"(d_ff {self.host.d_ff} + host.growth_slots {self.manifest.host.growth_slots})",
+                                    "choose a tensor_parallel_size that divides it, or change host.growth_slots")
+        cfg = self.host.model.config
+        for field in ("num_attention_heads", "num_key_value_heads"):
+            heads = getattr(cfg, field, None)  # vLLM: query heads split evenly; KV heads split or replicate
+            if tp > 1 and heads and heads % tp and (field == "num_attention_heads" or tp % heads):
+                raise InvalidInputError(f"engine.tensor_parallel_size {tp} does not split {self.host.ref.name}'s "
+                                        f"{field} ({heads}) evenly", "choose a tensor_parallel_size that divides it")
 
     def _check_bricks_host(self) -> None:
         for ref, v in self.manifest.resolved.items():

