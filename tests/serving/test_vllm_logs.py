@@ -79,3 +79,18 @@ def test_old_logs_are_removed(tmp_path, clean_env):
     left = sorted(p.name for p in tmp_path.glob("vllm-*.json"))
     assert len(left) == KEEP_LOGS and log.with_suffix(".json").name in left
     assert "vllm-old00.json" not in left and not (tmp_path / "vllm-old00.log").exists()
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_known_platform_notices_stay_in_the_file_unless_verbose(tmp_path, clean_env, vllm_logger, capsys, verbose):
+    log = configure_vllm_logs(tmp_path / "logs", verbose=verbose)
+    _apply(log)
+    worker = logging.getLogger("vllm.v1.worker.cpu_worker")
+    worker.warning("libtcmalloc is not found in LD_PRELOAD. For best performance, please follow ...")
+    worker.warning("KV cache is nearly full")  # not a known notice: always shown
+    for h in vllm_logger.handlers:
+        h.flush()
+    err = capsys.readouterr().err
+    assert "KV cache is nearly full" in err
+    assert ("LD_PRELOAD" in err) == verbose
+    assert "LD_PRELOAD" in log.read_text()
