@@ -90,6 +90,7 @@ class AssemblyCache:
         self._mem: OrderedDict[str, BuiltAssembly] = OrderedDict()
         self._by_request: OrderedDict[tuple, str] = OrderedDict()
         self._lock = threading.Lock()
+        self._disk_count: int | None = None  # assembly folders on disk, once counted (_evict_disk)
         self.stats = CacheStats()
         if neuron_path == "lora" and w_down is None:
             raise InvalidInputError("neuron_path 'lora' needs the host's down_proj weights", "pass w_down")
@@ -143,11 +144,12 @@ class AssemblyCache:
         # The adapter holds everything but the resident growth bricks (the reference applies them all).
         lora_asm = assemble(self.host, [u for i, u in enumerate(uses) if i not in resident]) if resident else asm
         folder = self.dir / aid
+        new_folder = not folder.is_dir()
         gates = [digests[i] for i in resident]
         row_path, generated_row = self._rows(folder, asm.neuron_map, gates)
         adapter, adapter_path = self._adapter(folder, lora_asm)
         _touch(folder)
-        self._evict_disk()
+        self._evict_disk(new_folder and folder.is_dir())
         # The LoRA id follows from the identity, so caches sharing an engine never give one id two adapters.
         lora_id = int(aid[:14], 16) + 1 if adapter_path is not None else 0
         return BuiltAssembly(aid, refs, asm, row_path, adapter_path, adapter, (time.perf_counter() - t0) * 1e3,
@@ -204,14 +206,26 @@ class AssemblyCache:
         while len(self._mem) > self.max_memory:
             self._mem.popitem(last=False)
 
-    def _evict_disk(self) -> None:
-        if not self.dir.is_dir():
-            return
-        folders = sorted((p for p in self.dir.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime)
-        live = set(self._mem)
-        for p in folders[: max(0, len(folders) - self.max_disk)]:
-            if p.name not in live:
-                shutil.rmtree(p, ignore_errors=True)
+    def _evict_disk(self, added: bool) -> None:
+        """At most max_disk assembly folders on disk, oldest removed first. The folder is scanned only when
+        the count (kept as folders are added) goes over, and then trimmed to 7/8 of max_disk, so a stream of
+        new assemblies costs one scan per max_disk/8 builds, not one per build (a stat of every folder)."""
+        with self._lock:
+            if self._disk_count is not None:
+                self._disk_count += added
+                if self._disk_count <= self.max_disk:
+                    return
+            if not self.dir.is_dir():
+                return
+            folders = sorted((p for p in self.dir.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime)
+            keep = len(folders) if len(folders) <= self.max_disk else max(1, self.max_disk * 7 // 8)
+            live = set(self._mem)
+            removed = 0
+            for p in folders[: len(folders) - keep]:
+                if p.name not in live:
+                    shutil.rmtree(p, ignore_errors=True)
+                    removed += 1
+            self._disk_count = len(folders) - removed
 
 
 def _canonical_order(uses: list[BrickUse], digests: list[str]) -> list[int]:
