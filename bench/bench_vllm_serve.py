@@ -305,9 +305,14 @@ def main() -> None:
     ap.add_argument("--start-timeout", type=float, default=900)
     ap.add_argument("--run-timeout", type=float, default=900, help="seconds one benchmark run may take")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--backends", default=",".join(BACKENDS), help="comma-separated `vllm bench serve` backends")
     ap.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     ap.add_argument("--keep", action="store_true", help="keep the temporary folder (logs, vllm bench results)")
     args = ap.parse_args()
+    args.backends = [b for b in args.backends.split(",") if b]
+    unknown = sorted(set(args.backends) - set(BACKENDS))
+    if unknown:
+        ap.error(f"unknown backends {unknown}; choose from {sorted(BACKENDS)}")
     if args.quick:
         args.rounds, args.num_prompts, args.scale_requests, args.scale_rounds = 1, 16, 32, 1
 
@@ -340,10 +345,10 @@ def main() -> None:
         vbs = {"num_prompts": args.num_prompts, "input_len": args.input_len, "output_len": args.output_len,
                "ignore_eos": True, "temperature": 0, "dataset": "random", "request_rate": "inf",
                "brick_extra_body": {"bricks": [ONE_BRICK]}}
-        per_backend = {b: {c: [] for c in CONFIGS} for b in BACKENDS}
+        per_backend = {b: {c: [] for c in CONFIGS} for b in args.backends}
         targets = {"stock": (stock, None), "brick_none": (brick, None), "brick_brick": (brick, {"bricks": [ONE_BRICK]})}
         # warm-up (not measured): one short run per server and backend, so compile/first-batch costs stay out
-        for backend in BACKENDS:
+        for backend in args.backends:
             for c in ("stock", "brick_brick"):
                 srv, extra = targets[c]
                 warm = argparse.Namespace(**{**vars(args), "num_prompts": min(16, args.num_prompts)})
@@ -351,7 +356,7 @@ def main() -> None:
                 bench_serve(srv, backend, extra, 10_000 + args.seed, tmp / "results", f"warmup-{backend}-{c}",
                             host_path, warm, args.run_timeout)
         for rnd in range(args.rounds):
-            for backend in BACKENDS:
+            for backend in args.backends:
                 for c in CONFIGS:
                     srv, extra = targets[c]
                     log(f"round {rnd} {backend} {c}")
@@ -361,7 +366,7 @@ def main() -> None:
                     per_backend[backend][c].append(row)
                     if not (stock.alive() and brick.alive()):
                         raise RuntimeError("a server died")
-        result["vllm_bench_serve"] = {"settings": vbs, **{b: summarize(per_backend[b]) for b in BACKENDS}}
+        result["vllm_bench_serve"] = {"settings": vbs, **{b: summarize(per_backend[b]) for b in args.backends}}
 
         rows = {"bricks": [], "none": []}
         for rnd in range(args.scale_rounds):
