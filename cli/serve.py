@@ -35,7 +35,6 @@ def _open(ctx: click.Context, manifest_path: str, engine: str | None, self_test:
 def serve(ctx: click.Context, manifest_path: str, engine: str | None, bind: str | None, port: int | None,
           verbose: bool) -> None:
     """Serve MANIFEST over an OpenAI-compatible HTTP API (per-request bricks)."""
-    import asyncio
 
     import uvicorn
 
@@ -55,7 +54,22 @@ def serve(ctx: click.Context, manifest_path: str, engine: str | None, bind: str 
             await svc.stop()
 
     with engine_logs(log, svc.engine_kind):
-        asyncio.run(main_async())
+        try:
+            _event_loop_run()(main_async())
+        except KeyboardInterrupt:  # Ctrl-C is how a server is stopped: uvicorn has shut down cleanly by now
+            err_console.print("brick serve: stopped")
+
+
+def _event_loop_run():
+    """uvloop's run where it is installed (vLLM's own `vllm serve` runs its HTTP server under uvloop, which
+    handles many concurrent streams with less CPU than asyncio's default loop), else asyncio.run."""
+    import asyncio
+
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run
+    return uvloop.run
 
 
 @click.command(cls=BrickCommand)

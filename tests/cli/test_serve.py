@@ -59,3 +59,57 @@ def test_no_log_named_without_vllm(tmp_path):
     with err_console.capture() as none_configured, engine_logs(None, "vllm"):
         pass
     assert out.get() == "" and none_configured.get() == ""
+
+
+def test_brick_serve_answers_over_loopback_and_stops_on_sigint(tmp_path, tiny_host):
+    """The real command in its own process (uvloop's event loop where installed): /health, a chat request
+    naming a brick, then Ctrl-C stops it cleanly."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    from registry import Registry
+    from tests.conftest import labelled_brick
+    from tests.serving.tiny_app import MANIFEST
+
+    Registry(tmp_path / "registry").publish(labelled_brick(tiny_host, gain=0.0, name="fr"))
+    manifest = tmp_path / "m.yaml"
+    manifest.write_text(MANIFEST.format(host=tiny_host.path))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "BRICK_CACHE": str(tmp_path / "cache")}
+    proc = subprocess.Popen([sys.executable, "-m", "cli.main", "--registry", str(tmp_path / "registry"), "serve",
+                             str(manifest), "--port", str(port)], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.time() + 120
+        while True:
+            assert proc.poll() is None, proc.stdout.read()
+            try:
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.time() < deadline, "brick serve did not answer /health in 120 s"
+            time.sleep(0.5)
+        r = httpx.post(f"{url}/v1/chat/completions", timeout=60, json={
+            "model": "tiny", "messages": [{"role": "user", "content": "le chat"}], "max_tokens": 4,
+            "bricks": ["fr@^1"]})
+        assert r.status_code == 200, r.text
+        assert r.json()["brickwork"]["bricks"] == ["fr@1.0.0"] and r.headers["x-brick-assembly"]
+        proc.send_signal(signal.SIGINT)
+        proc.wait(60)
+        out = proc.stdout.read()
+        assert proc.returncode == 0 and "stopped" in out, out
+        assert "Traceback" not in out, out
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
