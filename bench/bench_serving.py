@@ -1,13 +1,14 @@
 """Serving benchmark on SmolLM2 (vLLM, CPU). Prints one JSON object; every ratio is from one run.
 
 engine A (LoRA off: torch.compile on unless --eager):
-  (a) 64 requests over 8 distinct neuron-brick assemblies (gain table) vs the same requests with no bricks
+  (a) 64 requests over 8 distinct neuron-brick assemblies (gain table) vs the same requests with no bricks,
+      in alternated rounds (the median of each round's ratio to the base runs beside it)
 engine B (LoRA on: vLLM turns torch.compile off on CPU), same requests:
   base, gain table, (b) the same neuron bricks compiled to LoRA, (c) a LoRA brick in every assembly
 plus (d) cold/warm assembly latency, (e) publish-to-first-use on a running HTTP server, (f) routing
 latency over 10k synthetic bricks (FAISS + the MiniLM embedder).
 
-    python bench/bench_serving.py [--requests 64] [--tokens 64] [--eager] [--skip-b]
+    python bench/bench_serving.py [--requests 64] [--tokens 64] [--eager] [--skip-b] [--rounds 5] [--only-a]
 """
 
 from __future__ import annotations
@@ -86,14 +87,20 @@ async def engine_a(reg, folder, bricks, args, host) -> dict:
     start_s = time.perf_counter() - t0
     try:
         neuron = [[BrickChoice(f"nb{k}@^1")] for k in range(8)]
-        base = await throughput(svc, [[]], args.requests, args.tokens)
-        gain = await throughput(svc, neuron, args.requests, args.tokens)
-        base2 = await throughput(svc, [[]], args.requests, args.tokens)
+        # alternated rounds: base, gain, base, gain, ..., base; each gain run is compared with the mean of
+        # the base runs on either side of it, and the reported ratio is the median over rounds
+        bases = [await throughput(svc, [[]], args.requests, args.tokens)]
+        gains = []
+        for _ in range(args.rounds):
+            gains.append(await throughput(svc, neuron, args.requests, args.tokens))
+            bases.append(await throughput(svc, [[]], args.requests, args.tokens))
     finally:
         await svc.stop()
-    ref = (base["tok_per_s"] + base2["tok_per_s"]) / 2
-    return {"engine_start_s": round(start_s, 1), "compile": not args.eager, "base": base, "gain_table": gain,
-            "base_again": base2, "ratio_gain_table_vs_base": round(gain["tok_per_s"] / ref, 3)}
+    ratios = [g["tok_per_s"] / ((bases[i]["tok_per_s"] + bases[i + 1]["tok_per_s"]) / 2) for i, g in enumerate(gains)]
+    return {"engine_start_s": round(start_s, 1), "compile": not args.eager, "rounds": args.rounds,
+            "base_tok_per_s": [b["tok_per_s"] for b in bases], "gain_table_tok_per_s": [g["tok_per_s"] for g in gains],
+            "ratios": [round(r, 3) for r in ratios], "base": bases[0], "gain_table": gains[-1],
+            "ratio_gain_table_vs_base": round(statistics.median(ratios), 3)}
 
 
 async def engine_b(reg, folder, bricks, args, host) -> dict:
@@ -195,6 +202,8 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--eager", action="store_true", help="engine A without torch.compile (faster start)")
     ap.add_argument("--skip-b", action="store_true")
+    ap.add_argument("--rounds", type=int, default=5, help="engine A: alternated base / gain-table rounds")
+    ap.add_argument("--only-a", action="store_true", help="engine A's ratio only (no b-f)")
     args = ap.parse_args()
     torch.set_num_threads(2)
     host = load_host()
@@ -204,12 +213,14 @@ def main() -> None:
     for b in bricks:
         reg.publish(b)
     result = {"requests": args.requests, "max_tokens": args.tokens, "assemblies": 8}
-    result["d_assembly_latency"] = assembly_latency(reg, host, folder)
-    result["f_routing"] = routing_latency()
+    if not args.only_a:
+        result["d_assembly_latency"] = assembly_latency(reg, host, folder)
+        result["f_routing"] = routing_latency()
     result["a_engine_no_lora"] = asyncio.run(engine_a(reg, folder, bricks, args, host))
-    if not args.skip_b:
+    if not (args.skip_b or args.only_a):
         result["bc_engine_lora_on"] = asyncio.run(engine_b(reg, folder, bricks, args, host))
-    result["e_publish_to_first_use"] = asyncio.run(publish_to_first_use(reg, folder, bricks, host))
+    if not args.only_a:
+        result["e_publish_to_first_use"] = asyncio.run(publish_to_first_use(reg, folder, bricks, host))
     print(json.dumps(result, indent=2))
 
 
