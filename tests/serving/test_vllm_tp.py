@@ -54,6 +54,7 @@ def tp_served(tmp_path_factory, bg_loop):
         "bricks:\n  - ref: abl@^1\n  - ref: steer@^1\n  - ref: grow@^1\n"
         "routing:\n  policy: explicit\n"
         f"engine:\n  kind: vllm\n  enforce_eager: true\n  max_model_len: 256\n  max_assemblies: 8\n"
+        "  gpu_memory_utilization: 0.05\n"  # on CPU: the share of RAM each rank takes for its KV cache
         f"  tensor_parallel_size: {TP}\n"
         "server:\n  max_tokens: 16\n  max_prompt_tokens: 128\n")
     svc = open_service(manifest, reg)
