@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import zlib
+from collections import OrderedDict
 from functools import lru_cache
 from pathlib import Path
 
@@ -20,6 +21,8 @@ import torch
 from bricks.errors import InvalidInputError
 
 EMBEDDERS = ("minilm", "host", "chars", "minilm+chars")
+MEMO_SIZE = 4096  # texts whose embeddings an embedder remembers (LRU)
+MEMO_CHARS = 4096  # longer texts are embedded every time (a memo keyed by them would hold the text itself)
 
 
 def minilm_path() -> Path:
@@ -36,23 +39,38 @@ class Embedder:
 
     def __init__(self, model: torch.nn.Module, tokenizer, max_len: int = 256):
         self.model, self.tokenizer, self.max_len = model.eval(), tokenizer, max_len
-        self._memo: dict[str, np.ndarray] = {}
+        self._memo: OrderedDict[str, np.ndarray] = OrderedDict()
 
     def embed(self, texts: list[str]) -> np.ndarray:
-        """[n, dim] float32, rows L2-normalised (inner product = cosine)."""
+        """[n, dim] float32, rows L2-normalised (inner product = cosine). The last MEMO_SIZE texts of at most
+        MEMO_CHARS characters are remembered (a server routes the same prompts again: retries, the same
+        chat's next turn), least recently used forgotten first, so memory stays bounded."""
+        memo = self._memo
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
-        todo = [i for i, t in enumerate(texts) if t not in self._memo]
+        todo = []
+        for i, t in enumerate(texts):
+            v = memo.get(t)
+            if v is None:
+                todo.append(i)
+            else:
+                memo.move_to_end(t)
+                out[i] = v
         for start in range(0, len(todo), 64):
             chunk = todo[start : start + 64]
             vecs = self._encode([texts[i] for i in chunk])
             for i, v in zip(chunk, vecs):
-                if len(self._memo) < 100_000:
-                    self._memo[texts[i]] = v
                 out[i] = v
-        for i, t in enumerate(texts):
-            if t in self._memo:
-                out[i] = self._memo[t]
+                if len(texts[i]) <= MEMO_CHARS:
+                    memo[texts[i]] = v
+                    if len(memo) > MEMO_SIZE:
+                        memo.popitem(last=False)
         return out
+
+    def forget(self) -> None:
+        """Drop remembered embeddings (benchmarks time the embedding itself)."""
+        self._memo.clear()
+        for part in getattr(self, "parts", []):
+            part.forget()
 
     def _hidden(self, enc) -> torch.Tensor:
         return self.model(**enc).last_hidden_state
@@ -98,7 +116,7 @@ class CharNgramEmbedder(Embedder):
 
     def __init__(self, dim: int = 1024, orders: tuple[int, ...] = (1, 2, 3, 4)):
         self.dim, self.orders = dim, orders
-        self._memo = {}
+        self._memo = OrderedDict()
 
     def _encode(self, texts: list[str]) -> np.ndarray:
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
@@ -117,7 +135,7 @@ class ConcatEmbedder(Embedder):
         self.parts = parts
         self.name = "+".join(p.name for p in parts)
         self.dim = sum(p.dim for p in parts)
-        self._memo = {}
+        self._memo = OrderedDict()
 
     def _encode(self, texts: list[str]) -> np.ndarray:
         return np.hstack([p.embed(texts) for p in self.parts]) / np.sqrt(len(self.parts))

@@ -105,3 +105,23 @@ def test_request_bricks_take_a_phase_and_a_generated_strength():
                        ({"ref": "x", "gain": True}, "must be numbers")):
         with pytest.raises(InvalidInputError, match=match):
             r.route("x", request_bricks=[bad])
+
+
+def test_embedding_memo_is_a_bounded_lru(monkeypatch):
+    """A server routes the same prompts again (the memo), but every prompt it ever saw must not stay in
+    memory: the last MEMO_SIZE texts are kept, least recently used dropped first, long texts never."""
+    import router.embed as embed
+
+    monkeypatch.setattr(embed, "MEMO_SIZE", 3)
+    monkeypatch.setattr(embed, "MEMO_CHARS", 20)
+    emb = embed.get_embedder("chars")
+    emb.forget()
+    first = emb.embed(["a", "b", "c"])
+    emb.embed(["a"])  # a is now the most recent
+    emb.embed(["d", "x" * 21])  # b (least recent) goes; the long text is not kept
+    assert list(emb._memo) == ["c", "a", "d"]
+    assert np.array_equal(emb.embed(["a", "b", "c"]), first)  # b re-embedded: the same vector
+    both = embed.ConcatEmbedder([emb, embed.CharNgramEmbedder()])
+    both.embed(["e"])
+    both.forget()
+    assert not both._memo and not emb._memo
