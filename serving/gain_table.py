@@ -51,7 +51,7 @@ class GainTable:
         lo, hi = self.columns
         if not 0 <= lo < hi <= width:
             raise ValueError(f"columns {self.columns} are not a slice of the FFN width {width}")
-        self.full_width, self.width = width, hi - lo
+        self.width = hi - lo
         self.gain = torch.ones(max_rows, n_layers, self.width, device=device, dtype=dtype)
         self.offset = torch.zeros(max_rows, n_layers, self.width, device=device, dtype=dtype)
         self.gated = None  # this shard's columns [first, end) whose default gain is 0 (local coordinates)
