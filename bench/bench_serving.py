@@ -143,24 +143,12 @@ def assembly_latency(reg, host, folder) -> dict:
 
 
 def routing_latency(n_bricks: int = 10_000) -> dict:
-    from router.embed import get_embedder
-    from router.policy import RouteEntry, Router
+    """bench_routing's measurement (one definition): MiniLM, the router's default rule, every prompt embedded."""
+    from bench_routing import routing_latency as measure  # bench/ is sys.path[0] when this runs as a script
 
-    emb = get_embedder("minilm")
-    rng = np.random.default_rng(0)
-    vecs = rng.standard_normal((n_bricks, emb.dim)).astype(np.float32)
-    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
-    router = Router("retrieval", [], top_k=3, threshold=0.0, embedder=emb)
-    for i in range(n_bricks):
-        router.entries[f"b{i}"] = RouteEntry(f"b{i}", BrickChoice(f"b{i}"), True, [])
-    router.index.add_many([f"b{i}" for i in range(n_bricks)], vecs)
-    prompts = [f"{p} (variant {i})" for i in range(20) for p in PROMPTS]
-    times = []
-    for p in prompts:
-        d = router.route(p)
-        times.append(d.route_ms)
-    return {"bricks": n_bricks, "route_ms_p50": round(statistics.median(times), 3),
-            "route_ms_p99": round(float(np.percentile(times, 99)), 3), "includes": "MiniLM embedding + FAISS search"}
+    from router.policy import DEFAULT_RULE
+
+    return measure(n_bricks, embedder="minilm", rule=DEFAULT_RULE)
 
 
 async def publish_to_first_use(reg, folder, bricks, host) -> dict:
