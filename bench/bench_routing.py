@@ -1,9 +1,11 @@
 """Routing benchmark: accuracy of retrieval routing per embedder and rule, and latency over 10k bricks.
 
 Accuracy: one routable brick per label of the shipped corpora, its routing keys taken as the extractor
-takes them (`example_texts`, from the training split only: `load_corpus("builtin").split(0.2, seed=0)`).
+takes them (`example_texts`, from the training split only: `load_corpus("builtin").split(0.2, seed=0)`,
+plus the label's requests written for routing keys, `request_texts`: bricks/data/routing/keys.jsonl).
 Evaluated on text never used for fitting: 300-character paragraphs of the held-out documents, the chat
-prompts in bricks/data/routing/prompts.jsonl (fr/de/en, code and maths requests) and, for the "none of
+prompts in bricks/data/routing/prompts.jsonl (fr/de/en, code and maths requests), prompts_mixed.jsonl
+(written after the request keys, to check them: code and maths asked in French, German and English) and, for the "none of
 these" threshold, prompts in other languages (out_of_domain.jsonl: no brick should run).
 Latency: 10k synthetic bricks (one centroid each), the embedder's time included.
 
@@ -24,7 +26,7 @@ import numpy as np
 import torch
 
 from bricks.corpus import load_corpus
-from bricks.extract.emergent import example_texts
+from bricks.extract.emergent import example_texts, request_texts
 from router.assembly import BrickChoice
 from router.embed import get_embedder
 from router.evaluate import NONE, evaluate, held_out_paragraphs, load_labelled
@@ -33,9 +35,11 @@ from router.policy import RULES, RouteEntry, Router
 DATA = Path(__file__).resolve().parents[1] / "bricks" / "data" / "routing"
 
 
-def label_router(embedder, rule: str, keys: int, top_k: int = 2, without: tuple[str, ...] = ()) -> Router:
+def label_router(embedder, rule: str, keys: int, top_k: int = 2, without: tuple[str, ...] = (),
+                 requests: str = "builtin") -> Router:
     train, _ = load_corpus("builtin").split(0.2, seed=0)
-    entries = [RouteEntry(lab, BrickChoice(f"lang-{lab}"), True, example_texts(train, lab, n=keys))
+    entries = [RouteEntry(lab, BrickChoice(f"lang-{lab}"), True,
+                          example_texts(train, lab, n=keys) + request_texts(lab, requests))
                for lab in train.labels() if lab not in without]
     return Router("retrieval", entries, top_k=top_k, embedder=embedder, rule=rule)
 
@@ -45,6 +49,7 @@ def eval_sets(per_label: int | None, without: tuple[str, ...] = ()) -> dict[str,
     _, held = load_corpus("builtin").split(0.2, seed=0)
     sets = {"paragraphs": held_out_paragraphs(held, 300, per_label),
             "prompts": load_labelled(DATA / "prompts.jsonl"),
+            "prompts_mixed": load_labelled(DATA / "prompts_mixed.jsonl"),
             "out_of_domain": load_labelled(DATA / "out_of_domain.jsonl")}
     return {k: [(t, NONE if lab in without else lab) for t, lab in v] for k, v in sets.items()}
 
@@ -59,14 +64,14 @@ def make_embedder(name: str):
 
 
 def accuracy(embedders: list[str], rules: list[str], keys: int, per_label: int | None,
-             without: tuple[str, ...] = ()) -> dict:
+             without: tuple[str, ...] = (), requests: str = "builtin") -> dict:
     sets = eval_sets(per_label, without)
     out = {}
     for name in embedders:
         emb = make_embedder(name)
         for rule in rules:
             t0 = time.perf_counter()
-            router = label_router(emb, rule, keys, without=without)
+            router = label_router(emb, rule, keys, without=without, requests=requests)
             build_s = time.perf_counter() - t0
             row = {"build_s": round(build_s, 2), "thresholds": {k: round(v, 3) for k, v in
                                                                  router.index.thresholds.items()}}
@@ -80,7 +85,7 @@ def accuracy(embedders: list[str], rules: list[str], keys: int, per_label: int |
                                                          "extra_brick_rate", "confusion", "none_rejected") if k in s}
             out[f"{name}/{rule}"] = row
             print(f"{name}/{rule}: paragraphs min {row['paragraphs']['min_accuracy']:.3f} "
-                  f"prompts min {row['prompts']['min_accuracy']:.3f} "
+                  f"prompts min {row['prompts']['min_accuracy']:.3f} mixed min {row['prompts_mixed']['min_accuracy']:.3f} "
                   f"ood rejected {row['out_of_domain']['none_rejected']:.3f}", file=sys.stderr, flush=True)
     return out
 
@@ -113,6 +118,8 @@ def main() -> None:
     ap.add_argument("--per-label", type=int, default=None, help="cap held-out paragraphs per label")
     ap.add_argument("--without", default="", help="labels with no brick (as in manifests/smollm2-languages.yaml: "
                     "en); their examples should get none")
+    ap.add_argument("--requests", default="builtin", help="routing requests added to the keys, as the extractor "
+                    "adds them (builtin: bricks/data/routing/keys.jsonl; none: paragraphs only)")
     ap.add_argument("--latency-only", action="store_true")
     ap.add_argument("--no-latency", action="store_true")
     ap.add_argument("--latency-embedders", default="minilm,minilm+chars")
@@ -123,7 +130,7 @@ def main() -> None:
     if not args.latency_only:
         without = tuple(x for x in args.without.split(",") if x)
         result["accuracy"] = accuracy(args.embedders.split(","), args.rules.split(","), args.keys, args.per_label,
-                                      without)
+                                      without, args.requests)
     if not args.no_latency:
         result["latency"] = [routing_latency(embedder=e, rule=r) for e in args.latency_embedders.split(",")
                              for r in args.latency_rules.split(",")]

@@ -23,6 +23,7 @@ from bricks.errors import InvalidInputError
 
 DATA_DIR = Path(__file__).parent / "data"
 BUILTIN = "builtin"
+NONE = "none"  # the label of a labelled example that should reach no brick
 
 
 @dataclass(frozen=True)
@@ -176,3 +177,22 @@ def batches(corpus: Corpus, tokenizer, batch_tokens: int = 4096, max_len: int = 
         yield Batch(x, m, [corpus[i].label for i in rows], rows)
         start = end
 
+
+def load_labelled(path: str | Path) -> list[tuple[str, str]]:
+    """JSONL of {"text": ..., "label": ...}; label `none` (or null) expects no brick."""
+    out = []
+    for n, line in enumerate(Path(path).read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            text, label = row["text"], row.get("label") or NONE
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
+            raise InvalidInputError(f"{path}:{n} is not a JSON object with 'text' and 'label'",
+                                    'write one {"text": "...", "label": "fr"} per line') from None
+        if not isinstance(text, str) or not isinstance(label, str):
+            raise InvalidInputError(f"{path}:{n}: 'text' and 'label' must be strings", "fix that line")
+        out.append((text, label))
+    if not out:
+        raise InvalidInputError(f"{path} holds no examples", 'write one {"text": ..., "label": ...} per line')
+    return out

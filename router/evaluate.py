@@ -7,16 +7,13 @@ The prediction is the best routable brick the router chose (after its threshold)
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from bricks.corpus import Corpus
-from bricks.errors import InvalidInputError
+from bricks.corpus import NONE, Corpus, load_labelled
 from bricks.extract.emergent import paragraphs
 from router.policy import Router
 
-NONE = "none"
+__all__ = ["NONE", "RouteEval", "evaluate", "held_out_paragraphs", "load_labelled"]
 
 
 @dataclass
@@ -66,26 +63,6 @@ def evaluate(router: Router, examples: list[tuple[str, str]], label_of: dict[str
         predicted = label_of.get(d.routed[0], d.routed[0]) if d.routed else NONE
         result.add(truth, predicted, len(d.routed), d.route_ms)
     return result
-
-
-def load_labelled(path: str | Path) -> list[tuple[str, str]]:
-    """JSONL of {"text": ..., "label": ...}; label `none` (or null) expects no brick."""
-    out = []
-    for n, line in enumerate(Path(path).read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            text, label = row["text"], row.get("label") or NONE
-        except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
-            raise InvalidInputError(f"{path}:{n} is not a JSON object with 'text' and 'label'",
-                                    'write one {"text": "...", "label": "fr"} per line') from None
-        if not isinstance(text, str) or not isinstance(label, str):
-            raise InvalidInputError(f"{path}:{n}: 'text' and 'label' must be strings", "fix that line")
-        out.append((text, label))
-    if not out:
-        raise InvalidInputError(f"{path} holds no examples", 'write one {"text": ..., "label": ...} per line')
-    return out
 
 
 def held_out_paragraphs(held_out: Corpus, chars: int = 300, per_label: int | None = None) -> list[tuple[str, str]]:

@@ -24,7 +24,7 @@ from pydantic import Field, field_validator
 from tqdm.auto import tqdm
 
 from bricks.compose import BrickUse
-from bricks.corpus import Corpus
+from bricks.corpus import BUILTIN, DATA_DIR, Corpus, load_labelled
 from bricks.errors import InvalidInputError
 from bricks.evaluate import delta_pct, label_perplexity
 from bricks.extract import Extraction, extractor
@@ -156,6 +156,25 @@ def make_brick(host, profile: Profile, label: str, layers: dict[int, torch.Tenso
 ROUTING_KEYS = 64  # routing keys per brick: the router fits a centroid, classifier and threshold on them
 
 
+ROUTING_REQUESTS = DATA_DIR / "routing" / "keys.jsonl"  # requests written as routing keys, 32 per shipped label
+
+
+def request_texts(label: str, source: str | None = BUILTIN) -> list[str]:
+    """The `label` lines of a JSONL of labelled requests (`{"text", "label"}`; `builtin` = the shipped
+    ROUTING_REQUESTS, `none`/None = no requests). A brick's paragraphs are what its label's documents look
+    like; requests are what people send: short questions and instructions, which for code and maths read
+    like English about code or maths rather than like code or maths. The shipped requests were written for
+    routing keys and never for evaluation: bricks/data/routing/prompts.jsonl (the evaluation prompts) shares
+    none of their wordings."""
+    if source is None or source == "none":
+        return []
+    path = ROUTING_REQUESTS if source == BUILTIN else Path(source)
+    if not path.is_file():
+        raise InvalidInputError(f"routing requests file {path} does not exist",
+                                'pass a JSONL of {"text": ..., "label": ...}, builtin, or none')
+    return [text for text, lab in load_labelled(path) if lab == label]
+
+
 def example_texts(corpus: Corpus, label: str, n: int = ROUTING_KEYS, chars: int = 300) -> list[str]:
     """The brick's routing keys: `n` paragraphs of ~`chars` characters spread over all of the label's
     documents (not only their openings), deterministic by content hash, not file order."""
@@ -250,8 +269,19 @@ class EmergentOptions(ExtractorOptions):
     batch_tokens: int = Field(4096, gt=0, description="Tokens per forward batch.")
     profile: str | None = Field(None, description="A saved Profile of the training split, to skip profiling.")
     checkpoint: str | None = Field(None, description="File to save and resume profiling from.")
+    routing_requests: str = Field(BUILTIN, description="Requests added to each brick's routing keys, the lines "
+                                  "of its label (JSONL of {text, label}; builtin: bricks/data/routing/keys.jsonl, "
+                                  "32 each for fr, de, en, code and math; none: paragraphs only).")
 
     _labels = field_validator("labels", mode="before")(comma_list)
+
+    @field_validator("routing_requests")
+    @classmethod
+    def _requests_exist(cls, v: str) -> str:
+        if v not in (BUILTIN, "none") and not Path(v).is_file():
+            raise ValueError(f"routing requests file {v} does not exist: pass a JSONL of {{text, label}}, "
+                             "builtin, or none")
+        return v
 
 
 @extractor("emergent", reference_url="https://arxiv.org/abs/2409.02877", options=EmergentOptions)
@@ -285,7 +315,8 @@ def extract_emergent(host, corpus: Corpus, options: EmergentOptions | None = Non
         scorer = "funcscore" if opt.method == "auto" else opt.method
         layers, stats = select_neurons(prof, lab, scorer, opt.top_pct, w_norm)
         params = {**common, "label": lab, "scorer": scorer, "size": stats["k"], "layers": sorted(layers)}
-        brick = make_brick(host, prof, lab, layers, brick_name(name, lab), example_texts(train, lab),
+        keys = example_texts(train, lab) + request_texts(lab, opt.routing_requests)
+        brick = make_brick(host, prof, lab, layers, brick_name(name, lab), keys,
                            method="emergent", params=params, metrics={"selection": stats},
                            description=f"{lab} neurons ({scorer}, top {opt.top_pct:g}% of FFN neurons); gain 0 ablates")
         verdict = _judge(host, brick, lab, held_chunks, base, opt, bar)

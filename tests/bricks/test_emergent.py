@@ -15,6 +15,7 @@ from bricks.extract.emergent import (
     funcscore,
     held_out_check,
     lape_entropy,
+    request_texts,
     select_neurons,
 )
 from bricks.profile import Profile
@@ -102,11 +103,26 @@ def test_extract_emergent_on_tiny_host(tiny_host):
         assert b.size() == round(0.02 * tiny_host.n_layers * tiny_host.d_ff)
         assert all((s.gain == 0).all() and s.label_means.shape == (3, s.indices.numel()) for s in b.neurons.values())
         assert b.meta.routing.label in corpus.labels() and b.meta.routing.texts
+        lab = b.meta.routing.label  # its paragraphs, then the shipped requests written for its label
+        assert b.meta.routing.texts[-len(request_texts(lab)):] == request_texts(lab) and request_texts(lab)
         assert b.meta.params["corpus_digest"] == corpus.digest() and "held_out" in b.meta.metrics
         assert set(b.meta.metrics["held_out"]["delta_ppl_pct"]) == {"code", "en", "fr"}
     strict = get_extractor("emergent").run(tiny_host, corpus, name="lang", top_pct=2.0, min_selectivity=1e6,
                                            progress=False)
     assert not strict.bricks and len(strict.skipped) == 3  # a random model has no selective bricks
+
+
+def test_routing_requests_come_from_a_labelled_file_or_none(tiny_host, tmp_path):
+    assert len(request_texts("code")) >= 32 and not request_texts("klingon") and not request_texts("fr", "none")
+    mine = tmp_path / "requests.jsonl"
+    mine.write_text('{"text": "Ecris une boucle", "label": "code"}\n{"text": "Bonjour", "label": "fr"}\n')
+    ex = extract_emergent(tiny_host, _tiny_corpus(), EmergentOptions(top_pct=2.0, force=True, progress=False,
+                                                                     routing_requests=str(mine)), name="lang")
+    code = next(b for b in ex.bricks if b.meta.routing.label == "code")
+    assert code.meta.routing.texts[-1] == "Ecris une boucle" and "Bonjour" not in code.meta.routing.texts
+    with pytest.raises(InvalidInputError, match="does not exist"):  # refused before any work
+        get_extractor("emergent").run(tiny_host, _tiny_corpus(), name="x", routing_requests=str(tmp_path / "no"),
+                                      progress=False)
 
 
 def test_extract_rejects_bad_options(tiny_host):
