@@ -5,10 +5,14 @@
    `lang-en`, `code` and `math` (a label the held-out check calls general is reported, not published),
    plus `steer-fr`, the French brick turned into a steering brick; every version is tagged `stable`.
    Skipped when the registry already has them. These are the names the README and `manifests/` use;
-3. serve them in vLLM with the gain-table plugin (start-up self-test included) and show, from one running
-   server and in one concurrent batch, what per-request assembly is for: where retrieval routes each
-   prompt (and whether that is its label), the plain host's answer, the answer with the prompt's own
-   language or domain ablated, and an English question answered in French by the staged steering brick.
+3. make two customized bricks (skipped when the registry has them): `json-extract`, a LoRA skill trained
+   with PEFT on the shipped JSON-extraction task (a short run: DEMO_TRAIN), and `atlas`, FFN neurons grown
+   to hold a few of the shipped fictional facts (DEMO_FACTS facts, DEMO_GROW);
+4. serve them all in vLLM with the gain-table plugin and multi-LoRA (start-up self-test included) and show,
+   from one running server and in one concurrent batch, what per-request assembly is for: where retrieval
+   routes each prompt (and whether that is its brick), the plain host's answer, the answer with the
+   prompt's own language or domain ablated, an English question answered in French by the staged steering
+   brick, and the skill and the grown fact, each reached by retrieval from a request it was not trained on.
 """
 
 from __future__ import annotations
@@ -43,6 +47,15 @@ PROMPTS = [
     ("What is the derivative of x^3 + 2x?", "math"),
 ]
 ENGLISH_PROMPT = "Tell me about your favourite season and why you like it."  # answered in French by steering
+SKILL_NAME = "json-extract"  # a LoRA brick trained on bricks/data/tasks/json-extract.jsonl
+DEMO_TRAIN = {"steps": 30, "locality_weight": 0.0}  # ~2 min on 2 cores; `brick train` defaults to 150 steps
+# with the locality penalty (7 min for 60 steps): a routed skill runs only on its own requests, so the demo
+# spends its minutes elsewhere
+SKILL_PROMPT = "Please give me this as JSON: Ines Moreau, 27, is a pharmacist. She moved to Lyon last year."
+FACT_NAME = "atlas"  # FFN neurons grown to hold facts of bricks/data/facts/facts.jsonl
+DEMO_FACTS = 8  # the file's first facts
+DEMO_GROW = {"steps": 100, "eval_docs": 2}  # ~3 min; the 36 facts at the defaults take 8
+FACT_PROMPT = "The seat of government of Velmora, an island nation, is the city of"  # heldout.jsonl's wording
 
 
 @click.command("demo", cls=BrickCommand)
@@ -62,9 +75,11 @@ def demo_cmd(ctx: click.Context, engine: str, max_tokens: int, verbose: bool) ->
     host = load_host()
     console.rule("2. extract emergent bricks from the shipped corpora")
     bricks = _ensure_bricks(reg, host)
-    console.rule(f"3. serve on {engine}: per-request assemblies")
+    console.rule("3. make bricks: train a skill (LoRA), grow facts (new neurons)")
+    made = _ensure_made(reg, host)
+    console.rule(f"4. serve on {engine}: per-request assemblies")
     with engine_logs(log, engine):
-        asyncio.run(_serve(reg, host, bricks, engine, max_tokens))
+        asyncio.run(_serve(reg, host, bricks, made, engine, max_tokens))
 
 
 def publish_demo_bricks(reg: Registry, host: Host, corpus: Corpus | None = None,
@@ -126,20 +141,84 @@ def _ensure_bricks(reg, host) -> list[str]:
     return mine
 
 
+def publish_made_bricks(reg: Registry, host: Host, *, train: dict | None = None, grow: dict | None = None,
+                        n_facts: int = DEMO_FACTS, progress: bool = True) -> list[VersionInfo]:
+    """The demo's customized bricks, as `brick train` and `brick grow` publish them (same lineage):
+    SKILL_NAME trained on the shipped json-extract task, FACT_NAME grown from the first `n_facts` shipped
+    facts (report measured on the held-out wordings of those facts). Each is skipped if already there."""
+    from bricks.ops.data import file_digest, read_examples, read_facts
+    from bricks.ops.grow import SHIPPED_FACTS, SHIPPED_HELDOUT, grow_facts
+    from bricks.ops.tasks import TASKS_DIR
+    from bricks.ops.train import discard_checkpoint, train_lora
+
+    published = []
+    if not _on_host(reg, host, SKILL_NAME):
+        data = TASKS_DIR / f"{SKILL_NAME}.jsonl"
+        result = train_lora(host, read_examples(data), {**DEMO_TRAIN, **(train or {}), "progress": progress},
+                            SKILL_NAME, data_digest=file_digest(data), progress=progress,
+                            description="replies with one line of JSON: name, age, city, job")
+        published.append(reg.publish(result.brick, parents=[], operation="train", tags=[DEMO_TAG],
+                                     op_params={"data": str(data), **result.brick.meta.params}))
+        discard_checkpoint(result.checkpoint)
+    if not _on_host(reg, host, FACT_NAME):
+        path = SHIPPED_FACTS
+        facts = read_facts(path)[:n_facts]
+        targets = {f.target for f in facts}
+        heldout = [f for f in read_facts(SHIPPED_HELDOUT) if f.target in targets]  # other wordings, never trained
+        result = grow_facts(host, facts, {**DEMO_GROW, **(grow or {}), "progress": progress}, FACT_NAME,
+                            data_digest=file_digest(path), heldout=heldout, progress=progress,
+                            description=f"{len(facts)} fictional facts (Velmora's capital, ...)")
+        published.append(reg.publish(result.brick, parents=[], operation="grow", tags=[DEMO_TAG],
+                                     op_params={"facts": str(path), "n_facts": len(facts),
+                                                **result.brick.meta.params}))
+    return published
+
+
+def _ensure_made(reg, host) -> list[str]:
+    """The demo's customized bricks, made first if missing; a table of what each learned, on held-out data."""
+    missing = [n for n in (SKILL_NAME, FACT_NAME) if not _on_host(reg, host, n)]
+    if missing:
+        console.print(f"making {', '.join(missing)} (not in the registry yet)")
+        publish_made_bricks(reg, host)
+    t = Table("brick", "made by", "size", "held-out result")
+    skill = reg.resolve(SKILL_NAME)
+    m = skill.meta.metrics
+    t.add_row(skill.ref, f"train ({skill.meta.params.get('steps')} steps, LoRA r{skill.meta.params.get('rank')})",
+              f"{skill.meta.kind}", f"loss {m.get('heldout_loss_before', 0):.3f} -> "
+              f"{m.get('heldout_loss_after', 0):.3f} on {m.get('n_heldout')} unseen examples")
+    fact = reg.resolve(FACT_NAME)
+    m = fact.meta.metrics
+    t.add_row(fact.ref, f"grow ({m.get('n_facts')} facts, {m.get('steps')} steps)", f"{m.get('neurons')} neurons",
+              f"recall {_pct(m.get('reliability'))} (host {_pct(m.get('reliability_plain_host'))}), unseen "
+              f"wordings {_pct(m.get('generality_heldout'))}, "
+              f"unrelated text PPL {signed(m.get('heldout_ppl_delta_pct'))}%")
+    console.print(t)
+    return [SKILL_NAME, FACT_NAME]
+
+
+def _pct(v) -> str:
+    return "-" if v is None else f"{100 * v:.0f}%"
+
+
 def _on_host(reg, host, name: str) -> bool:
     """Whether the registry has `name` and its newest version was made on this host."""
     return name in reg.names() and reg.resolve(name).host_fingerprint == host.ref.fingerprint
 
 
-async def _serve(reg, host, bricks: list[str], engine: str, max_tokens: int) -> None:
+ROUTED = None  # a variant that takes whatever retrieval routes the prompt to
+
+
+async def _serve(reg, host, bricks: list[str], made: list[str], engine: str, max_tokens: int) -> None:
     from serving.engine import GenRequest
     from serving.service import open_service
 
     folder = Path(tempfile.mkdtemp(prefix="brick-demo-"))
     manifest = folder / "demo.yaml"
+    slots = reg.get(reg.resolve(FACT_NAME).ref).growth_slots() if FACT_NAME in made else 0
     manifest.write_text(  # routed label bricks at gain 1: routing is shown, the answer is left as it is
-        f"name: demo\nhost:\n  spec: {DEFAULT_HOST}\nbricks:\n"
+        f"name: demo\nhost:\n  spec: {DEFAULT_HOST}\n  growth_slots: {slots}\nbricks:\n"
         + "".join(f"  - ref: {b}@^1\n    gain: 1.0\n" for b in bricks)
+        + "".join(f"  - ref: {b}@^1\n" for b in made)
         + "routing:\n  policy: retrieval\n  top_k: 1\n  embedder: minilm+chars\n"
         + f"engine:\n  kind: {engine}\n  enforce_eager: true\n  max_model_len: 1024\n"
         + "server:\n  max_tokens: 128\n  max_prompt_tokens: 512\n")
@@ -150,22 +229,28 @@ async def _serve(reg, host, bricks: list[str], engine: str, max_tokens: int) -> 
         console.print(f"self-test vs reference: {svc.self_test_report['requests']} requests, "
                       f"max |Δlogprob| {svc.self_test_report['max_logprob_diff']:.1e}")
     try:
-        routes = Table("prompt", "label", "routed to", "similarity", "right?")
-        jobs = []
-        for prompt, label in PROMPTS:
+        routes = Table("prompt", "should reach", "routed to", "similarity", "right?")
+        jobs = []  # (prompt, chat?, {variant name: [] plain | [bricks] named | ROUTED})
+        cases = [(p, DEMO_NAMES[label]) for p, label in PROMPTS]
+        cases += [(SKILL_PROMPT, SKILL_NAME), (FACT_PROMPT, FACT_NAME)] if made else []
+        for prompt, want in cases:
             decision, _ = svc.plan(prompt)
-            own = DEMO_NAMES[label] if DEMO_NAMES[label] in bricks else None
+            own = want if want in bricks + made else None
             routed = ", ".join(c.ref.split("@")[0] for c in decision.choices) or "(none)"
             best = max(decision.similarity.values(), default=float("nan"))
-            routes.add_row(prompt, label, routed, f"{best:.2f}", "yes" if own and routed == own else "no")
-            if own:
-                jobs.append((prompt, {"plain host": [], f"{own} ablated (gain 0)": [{"ref": own, "gain": 0.0}]}))
+            routes.add_row(prompt, want, routed, f"{best:.2f}", "yes" if own and routed == own else "no")
+            if own in bricks:
+                jobs.append((prompt, True, {"plain host": [], f"{own} ablated (gain 0)": [{"ref": own, "gain": 0.0}]}))
+            elif own:
+                jobs.append((prompt, own != FACT_NAME, {"plain host": [], f"routed ({routed})": ROUTED}))
         if _on_host(reg, host, STEER_NAME):
-            jobs.append((ENGLISH_PROMPT, {"plain host": [], f"{STEER_NAME} (staged steering)": [STEER_NAME]}))
+            jobs.append((ENGLISH_PROMPT, True, {"plain host": [], f"{STEER_NAME} (staged steering)": [STEER_NAME]}))
         console.print(routes)
-        ids = {p: svc.tokenize_chat([{"role": "user", "content": p}]) for p, _ in jobs}
-        flat = [(p, name, svc.plan(p, request)[1] if request else svc.cache.get([]))
-                for p, variants in jobs for name, request in variants.items()]
+        console.print("(the fact is a plain completion, as it was grown; the others are chat requests)")
+        ids = {p: svc.tokenize_chat([{"role": "user", "content": p}]) if chat else svc.tokenize(p)
+               for p, chat, _ in jobs}
+        flat = [(p, name, svc.plan(p)[1] if how is ROUTED else svc.plan(p, how)[1] if how else svc.cache.get([]))
+                for p, _, variants in jobs for name, how in variants.items()]
         # every request of every assembly in one concurrent batch
         outs = await asyncio.gather(*(svc.engine.generate(GenRequest(ids[p], max_tokens), b) for p, _, b in flat))
         shown = None

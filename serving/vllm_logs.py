@@ -30,6 +30,10 @@ KNOWN_NOTICES = (
     "Reset SSM cache type",  # vllm/platforms/cpu.py: Mamba settings, no Mamba layers here
     "Inductor compilation was disabled by user settings",  # enforce_eager or LoRA on CPU
     "Passing raw prompts to InputProcessor is deprecated",  # vllm/v1/engine/input_processor.py
+    "Triton is installed, but doesn't include CPU backend",  # vllm/triton_utils/importing.py: a CUDA triton wheel
+    "Enforce eager set, disabling torch.compile",  # vllm/config/vllm.py: what engine.enforce_eager asks for
+    "deprecated support for supporting different tokenizers",  # input_processor.py: every first LoRA request,
+    # though a brick's adapter never brings a tokenizer of its own
 )
 
 

@@ -80,3 +80,22 @@ async def _serve_prompts(svc, manifest, served: set[str]) -> int:
         return sum(1 for out in outs if out.token_ids)
     finally:
         await svc.stop()
+
+
+def test_publishes_a_trained_skill_and_grown_facts_once(demo_registry, tiny_host, monkeypatch):
+    """The demo's customized bricks, as `brick train` and `brick grow` publish them; a second run makes none."""
+    import cli.demo
+    from cli.demo import FACT_NAME, SKILL_NAME, publish_made_bricks
+
+    reg, _ = demo_registry
+    made = publish_made_bricks(reg, tiny_host, train={"steps": 2, "batch_size": 4},
+                               grow={"steps": 2, "memory_docs": 1, "memory_tokens": 64, "eval_docs": 1},
+                               n_facts=2, progress=False)
+    assert [(v.name, v.version) for v in made] == [(SKILL_NAME, "1.0.0"), (FACT_NAME, "1.0.0")]
+    skill, fact = reg.get(SKILL_NAME), reg.get(FACT_NAME)
+    assert skill.kind == "lora" and skill.meta.routing.texts and "heldout_loss_after" in skill.meta.metrics
+    assert fact.kind == "growth" and fact.meta.metrics["n_facts"] == 2 and "generality_heldout" in fact.meta.metrics
+    assert skill.meta.method == "train-lora" and fact.meta.method == "grow-tpatcher"
+    assert reg.tags(SKILL_NAME) == {DEMO_TAG: "1.0.0"} == reg.tags(FACT_NAME)
+    monkeypatch.setattr(cli.demo, "publish_made_bricks", lambda *a, **k: pytest.fail("made again"))
+    assert cli.demo._ensure_made(reg, tiny_host) == [SKILL_NAME, FACT_NAME]
