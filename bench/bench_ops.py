@@ -1,7 +1,7 @@
 """Customized bricks on the real host: train each shipped task, merge pairs of trained bricks, prints JSON.
 
     .venv/bin/python bench/bench_ops.py [--steps 150] [--tasks json-extract,style,span-qa] [--out bench-ops.json]
-        [--lr 1e-3] [--locality-weight W]
+        [--lr 1e-3] [--locality-weight W] [--targets q_proj,v_proj] [--rank 8]
 
 Per task (the held-out 20% of its examples, split by record hash, never trained on):
 - held-out loss before / after, training tokens/s, the locality penalty's KL at the first and last steps;
@@ -116,6 +116,8 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--lr", type=float, default=None, help="training lr (default: TrainOptions')")
     ap.add_argument("--locality-weight", type=float, default=None, help="default: TrainOptions'")
+    ap.add_argument("--targets", default=None, help="LoRA target modules, comma-separated (default: TrainOptions')")
+    ap.add_argument("--rank", type=int, default=None, help="LoRA rank (default: TrainOptions')")
     ap.add_argument("--update-task", default="style", help="task for the update check ('' skips it)")
     ap.add_argument("--update-steps", type=int, default=None, help="steps for v1 and for v2 (default: --steps/2)")
     ap.add_argument("--out", default=None)
@@ -126,7 +128,8 @@ def main() -> None:
     base_ppl = label_perplexity(host, corpus)
     chat_held = heldout_chat(host)
     options = {"steps": args.steps, "progress": True}
-    options.update({k: v for k, v in (("lr", args.lr), ("locality_weight", args.locality_weight)) if v is not None})
+    options.update({k: v for k, v in (("lr", args.lr), ("locality_weight", args.locality_weight),
+                                      ("targets", args.targets), ("rank", args.rank)) if v is not None})
     out: dict = {"host": host.ref.name, "steps": args.steps, "train_options": options, "tasks": {}, "merge": {}}
     bricks, held_sets = {}, {}
     for task in args.tasks.split(","):
