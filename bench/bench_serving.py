@@ -8,7 +8,7 @@ engine B (LoRA on: vLLM turns torch.compile off on CPU), same requests:
 plus (d) cold/warm assembly latency, (e) publish-to-first-use on a running HTTP server, (f) routing
 latency over 10k synthetic bricks (FAISS + the MiniLM embedder).
 
-    python bench/bench_serving.py [--requests 64] [--tokens 64] [--eager] [--skip-b] [--rounds 5] [--only-a]
+    python bench/bench_serving.py [--requests 64] [--tokens 64] [--eager] [--skip-b] [--rounds 5] [--only-a|--only-b]
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import tempfile
 import time
@@ -33,6 +34,7 @@ from registry import Registry
 from router.assembly import AssemblyCache, BrickChoice
 from serving.engine import GenRequest
 from serving.service import BrickService, open_service
+from serving.vllm_plugin import CPU_LORA_ENV
 
 PROMPTS = ["Tell me about the history of Rome.", "Write a short poem about the sea.", "How do vaccines work?",
            "Give me three tips for learning French.", "Explain recursion to a child.", "What is a black hole?",
@@ -192,6 +194,8 @@ def main() -> None:
     ap.add_argument("--skip-b", action="store_true")
     ap.add_argument("--rounds", type=int, default=5, help="engine A: alternated base / gain-table rounds")
     ap.add_argument("--only-a", action="store_true", help="engine A's ratio only (no b-f)")
+    ap.add_argument("--only-b", action="store_true", help="engine B's ratios only (the LoRA path; run it with "
+                    "BRICK_CPU_LORA=stock for vLLM's own per-token CPU LoRA ops)")
     args = ap.parse_args()
     torch.set_num_threads(2)
     host = load_host()
@@ -201,13 +205,16 @@ def main() -> None:
     for b in bricks:
         reg.publish(b)
     result = {"requests": args.requests, "max_tokens": args.tokens, "assemblies": 8}
-    if not args.only_a:
+    partial = args.only_a or args.only_b
+    if not partial:
         result["d_assembly_latency"] = assembly_latency(reg, host, folder)
         result["f_routing"] = routing_latency()
-    result["a_engine_no_lora"] = asyncio.run(engine_a(reg, folder, bricks, args, host))
+    if not args.only_b:
+        result["a_engine_no_lora"] = asyncio.run(engine_a(reg, folder, bricks, args, host))
     if not (args.skip_b or args.only_a):
+        result["cpu_lora_ops"] = os.environ.get(CPU_LORA_ENV, "grouped")
         result["bc_engine_lora_on"] = asyncio.run(engine_b(reg, folder, bricks, args, host))
-    if not args.only_a:
+    if not partial:
         result["e_publish_to_first_use"] = asyncio.run(publish_to_first_use(reg, folder, bricks, host))
     print(json.dumps(result, indent=2))
 

