@@ -46,8 +46,8 @@ def serve(ctx: click.Context, manifest_path: str, engine: str | None, bind: str 
 
     async def main_async():
         await svc.start()
-        server = uvicorn.Server(uvicorn.Config(create_app(svc), host=bind or cfg.host, port=port or cfg.port,
-                                               log_level="info"))
+        server = _server_class()(uvicorn.Config(create_app(svc), host=bind or cfg.host, port=port or cfg.port,
+                                                log_level="info"))
         try:
             await server.serve()
         finally:
@@ -56,8 +56,25 @@ def serve(ctx: click.Context, manifest_path: str, engine: str | None, bind: str 
     with engine_logs(log, svc.engine_kind):
         try:
             _event_loop_run()(main_async())
-        except KeyboardInterrupt:  # Ctrl-C is how a server is stopped: uvicorn has shut down cleanly by now
-            err_console.print("brick serve: stopped")
+        except KeyboardInterrupt:  # a second Ctrl-C while shutting down
+            pass
+        err_console.print("brick serve: stopped")
+
+
+def _server_class():
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        """uvicorn's server, except that a Ctrl-C (or SIGTERM) it shut down for is not raised again after
+        shutdown (uvicorn re-raises captured signals on the way out of `serve`): raised again, it cancels
+        the event loop's main task in the middle of stopping the engine, and where it lands depends on
+        timing. Here `serve` returns and the engine stops in full; a second Ctrl-C still forces exit."""
+
+        def handle_exit(self, sig, frame) -> None:
+            super().handle_exit(sig, frame)
+            self._captured_signals.clear()
+
+    return Server
 
 
 def _event_loop_run():
