@@ -2,11 +2,11 @@
 
 Accuracy: one routable brick per label of the shipped corpora, its routing keys taken as the extractor
 takes them (`example_texts`, from the training split only: `load_corpus("builtin").split(0.2, seed=0)`,
-plus the label's requests written for routing keys, `request_texts`: bricks/data/routing/keys.jsonl).
+plus the label's requests written for routing keys, `routing_requests`: bricks/data/routing/keys.jsonl).
 Evaluated on text never used for fitting: 300-character paragraphs of the held-out documents, the chat
 prompts in bricks/data/routing/prompts.jsonl (fr/de/en, code and maths requests), prompts_mixed.jsonl
-(written after the request keys, to check them: code and maths asked in French, German and English) and, for the "none of
-these" threshold, prompts in other languages (out_of_domain.jsonl: no brick should run).
+(written after the request keys, to check them: code and maths asked in French, German and English) and,
+for the "none of these" threshold, prompts in other languages (out_of_domain.jsonl: no brick should run).
 Latency: 10k synthetic bricks (one centroid each), the embedder's time included.
 
     python bench/bench_routing.py [--embedders minilm,chars,minilm+chars,host] [--rules centroid,knn,linear]
@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from bricks.corpus import load_corpus
-from bricks.extract.emergent import example_texts, request_texts
+from bricks.extract.emergent import example_texts, routing_requests
 from router.assembly import BrickChoice
 from router.embed import get_embedder
 from router.evaluate import NONE, evaluate, held_out_paragraphs, load_labelled
@@ -38,8 +38,8 @@ DATA = Path(__file__).resolve().parents[1] / "bricks" / "data" / "routing"
 def label_router(embedder, rule: str, keys: int, top_k: int = 2, without: tuple[str, ...] = (),
                  requests: str = "builtin") -> Router:
     train, _ = load_corpus("builtin").split(0.2, seed=0)
-    entries = [RouteEntry(lab, BrickChoice(f"lang-{lab}"), True,
-                          example_texts(train, lab, n=keys) + request_texts(lab, requests))
+    extra = routing_requests(requests)
+    entries = [RouteEntry(lab, BrickChoice(f"lang-{lab}"), True, example_texts(train, lab, n=keys) + extra.get(lab, []))
                for lab in train.labels() if lab not in without]
     return Router("retrieval", entries, top_k=top_k, embedder=embedder, rule=rule)
 
@@ -85,7 +85,8 @@ def accuracy(embedders: list[str], rules: list[str], keys: int, per_label: int |
                                                          "extra_brick_rate", "confusion", "none_rejected") if k in s}
             out[f"{name}/{rule}"] = row
             print(f"{name}/{rule}: paragraphs min {row['paragraphs']['min_accuracy']:.3f} "
-                  f"prompts min {row['prompts']['min_accuracy']:.3f} mixed min {row['prompts_mixed']['min_accuracy']:.3f} "
+                  f"prompts min {row['prompts']['min_accuracy']:.3f} "
+                  f"mixed min {row['prompts_mixed']['min_accuracy']:.3f} "
                   f"ood rejected {row['out_of_domain']['none_rejected']:.3f}", file=sys.stderr, flush=True)
     return out
 

@@ -156,23 +156,27 @@ def make_brick(host, profile: Profile, label: str, layers: dict[int, torch.Tenso
 ROUTING_KEYS = 64  # routing keys per brick: the router fits a centroid, classifier and threshold on them
 
 
-ROUTING_REQUESTS = DATA_DIR / "routing" / "keys.jsonl"  # requests written as routing keys, 32 per shipped label
+ROUTING_REQUESTS = DATA_DIR / "routing" / "keys.jsonl"  # requests written as routing keys for the shipped labels
+NO_REQUESTS = "none"
 
 
-def request_texts(label: str, source: str | None = BUILTIN) -> list[str]:
-    """The `label` lines of a JSONL of labelled requests (`{"text", "label"}`; `builtin` = the shipped
-    ROUTING_REQUESTS, `none`/None = no requests). A brick's paragraphs are what its label's documents look
-    like; requests are what people send: short questions and instructions, which for code and maths read
-    like English about code or maths rather than like code or maths. The shipped requests were written for
-    routing keys and never for evaluation: bricks/data/routing/prompts.jsonl (the evaluation prompts) shares
-    none of their wordings."""
-    if source is None or source == "none":
-        return []
+def routing_requests(source: str | None = BUILTIN) -> dict[str, list[str]]:
+    """Label -> its requests, from a JSONL of labelled requests (`{"text", "label"}`; `builtin` = the shipped
+    ROUTING_REQUESTS, `none`/None = no requests), read once. A brick's paragraphs are what its label's
+    documents look like; requests are what people send: short questions and instructions, which for code
+    and maths read like English about code or maths rather than like code or maths. The shipped requests
+    were written for routing keys and never for evaluation: bricks/data/routing/prompts.jsonl (the
+    evaluation prompts) shares none of their wordings."""
+    if source is None or source == NO_REQUESTS:
+        return {}
     path = ROUTING_REQUESTS if source == BUILTIN else Path(source)
     if not path.is_file():
         raise InvalidInputError(f"routing requests file {path} does not exist",
                                 'pass a JSONL of {"text": ..., "label": ...}, builtin, or none')
-    return [text for text, lab in load_labelled(path) if lab == label]
+    out: dict[str, list[str]] = {}
+    for text, label in load_labelled(path):
+        out.setdefault(label, []).append(text)
+    return out
 
 
 def example_texts(corpus: Corpus, label: str, n: int = ROUTING_KEYS, chars: int = 300) -> list[str]:
@@ -271,14 +275,14 @@ class EmergentOptions(ExtractorOptions):
     checkpoint: str | None = Field(None, description="File to save and resume profiling from.")
     routing_requests: str = Field(BUILTIN, description="Requests added to each brick's routing keys, the lines "
                                   "of its label (JSONL of {text, label}; builtin: bricks/data/routing/keys.jsonl, "
-                                  "32 each for fr, de, en, code and math; none: paragraphs only).")
+                                  "32 each for fr, de and en, 48 each for code and math; none: paragraphs only).")
 
     _labels = field_validator("labels", mode="before")(comma_list)
 
     @field_validator("routing_requests")
     @classmethod
     def _requests_exist(cls, v: str) -> str:
-        if v not in (BUILTIN, "none") and not Path(v).is_file():
+        if v not in (BUILTIN, NO_REQUESTS) and not Path(v).is_file():
             raise ValueError(f"routing requests file {v} does not exist: pass a JSONL of {{text, label}}, "
                              "builtin, or none")
         return v
@@ -311,11 +315,12 @@ def extract_emergent(host, corpus: Corpus, options: EmergentOptions | None = Non
               "min_selectivity": opt.min_selectivity,
               "profile_tokens": dict(zip(prof.labels, prof.tokens.tolist(), strict=True))}
     result = Extraction(bricks=[], report={"labels": {}, "baseline_ppl": base, "params": common})
+    requests = routing_requests(opt.routing_requests)
     for lab in want:
         scorer = "funcscore" if opt.method == "auto" else opt.method
         layers, stats = select_neurons(prof, lab, scorer, opt.top_pct, w_norm)
         params = {**common, "label": lab, "scorer": scorer, "size": stats["k"], "layers": sorted(layers)}
-        keys = example_texts(train, lab) + request_texts(lab, opt.routing_requests)
+        keys = example_texts(train, lab) + requests.get(lab, [])
         brick = make_brick(host, prof, lab, layers, brick_name(name, lab), keys,
                            method="emergent", params=params, metrics={"selection": stats},
                            description=f"{lab} neurons ({scorer}, top {opt.top_pct:g}% of FFN neurons); gain 0 ablates")

@@ -15,7 +15,7 @@ from bricks.extract.emergent import (
     funcscore,
     held_out_check,
     lape_entropy,
-    request_texts,
+    routing_requests,
     select_neurons,
 )
 from bricks.profile import Profile
@@ -104,7 +104,8 @@ def test_extract_emergent_on_tiny_host(tiny_host):
         assert all((s.gain == 0).all() and s.label_means.shape == (3, s.indices.numel()) for s in b.neurons.values())
         assert b.meta.routing.label in corpus.labels() and b.meta.routing.texts
         lab = b.meta.routing.label  # its paragraphs, then the shipped requests written for its label
-        assert b.meta.routing.texts[-len(request_texts(lab)):] == request_texts(lab) and request_texts(lab)
+        mine = routing_requests()[lab]
+        assert b.meta.routing.texts[-len(mine):] == mine and mine
         assert b.meta.params["corpus_digest"] == corpus.digest() and "held_out" in b.meta.metrics
         assert set(b.meta.metrics["held_out"]["delta_ppl_pct"]) == {"code", "en", "fr"}
     strict = get_extractor("emergent").run(tiny_host, corpus, name="lang", top_pct=2.0, min_selectivity=1e6,
@@ -113,7 +114,8 @@ def test_extract_emergent_on_tiny_host(tiny_host):
 
 
 def test_routing_requests_come_from_a_labelled_file_or_none(tiny_host, tmp_path):
-    assert len(request_texts("code")) >= 32 and not request_texts("klingon") and not request_texts("fr", "none")
+    shipped = routing_requests()
+    assert len(shipped["code"]) >= 32 and "klingon" not in shipped and not routing_requests("none")
     mine = tmp_path / "requests.jsonl"
     mine.write_text('{"text": "Ecris une boucle", "label": "code"}\n{"text": "Bonjour", "label": "fr"}\n')
     ex = extract_emergent(tiny_host, _tiny_corpus(), EmergentOptions(top_pct=2.0, force=True, progress=False,
